@@ -1,0 +1,1 @@
+//! weir's conformance suite and test topologies (see issue 7).

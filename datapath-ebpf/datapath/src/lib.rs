@@ -1,0 +1,20 @@
+//! User space of weir's eBPF datapath.
+//!
+//! - [`object`]: the compiled eBPF object, embedded at build time.
+//! - [`paths`]: where everything is pinned; nobody else formats a pin path.
+//! - [`loader`]: load the object and pin its maps and programs, reusing pins
+//!   that are already there (weir-node).
+//! - [`maps`]: one typed wrapper per map, opened from its pin.
+//! - [`attach`]: attach the pinned programs to a pod's host-side veth and pin
+//!   the links (the CNI binary), detach them again.
+pub mod attach;
+pub mod bpffs;
+pub mod error;
+pub mod loader;
+pub mod maps;
+pub mod object;
+pub mod paths;
+
+pub use error::{Error, Result};
+pub use paths::PinLayout;
+pub use weir_common as common;

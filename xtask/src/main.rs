@@ -1,0 +1,104 @@
+//! `cargo xtask <command>`: everything weir needs beyond plain cargo.
+//!
+//! - `setup`: install what a fresh machine lacks (Debian packages, bpf-linker),
+//!   check bpffs. Idempotent and quick when nothing is missing.
+//! - `build`: build every binary, the eBPF object included.
+//! - `test`: setup, then the whole test suite.
+//! - `lab`, `bench`: the lab cluster and the benchmarks.
+
+mod setup;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "weir's build, test, lab and bench tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install missing Debian packages and bpf-linker; check bpffs.
+    Setup,
+    /// Build every binary (release), the eBPF object included.
+    Build,
+    /// Setup, build, and run the whole test suite (needs root).
+    Test {
+        /// Extra arguments passed to the test runner (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Start the lab cluster (not there yet).
+    Lab,
+    /// Run the benchmarks (not there yet).
+    Bench,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Setup => setup::setup(),
+        Cmd::Build => {
+            setup::setup()?;
+            build()
+        }
+        Cmd::Test { args } => {
+            setup::setup()?;
+            build()?;
+            test(&args)
+        }
+        Cmd::Lab => bail!(
+            "`cargo xtask lab` is not there yet: it arrives with the datapath and weir-node \
+             (issue 7). `cargo xtask build` builds everything meanwhile."
+        ),
+        Cmd::Bench => {
+            bail!("`cargo xtask bench` is not there yet: it arrives with the benchmarks (issue 9).")
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// `cargo` as the user invoked it (the rustup proxy), with bpf-linker on PATH.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd.env("PATH", setup::path_with_cargo_bin());
+    cmd
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn build() -> Result<()> {
+    println!("==> building weir (release, eBPF object included)");
+    run(cargo().args(["build", "--release", "--workspace", "--bins"]))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    if !setup::is_root() {
+        bail!("the test suite needs root (network namespaces, bpffs, veths): run it as root");
+    }
+    println!("==> running the test suite");
+    run(cargo()
+        .args(["test", "--release", "--workspace", "--no-fail-fast", "--"])
+        .args(args))
+}
