@@ -5,6 +5,7 @@
 //! - [`loader`]: load the object and pin its maps and programs, reusing pins
 //!   that are already there (weir-node).
 //! - [`maps`]: one typed wrapper per map, opened from its pin.
+//! - [`node_info`]: `/run/weir/node.json`, weir-node's word to the CNI.
 //! - [`attach`]: attach the pinned programs to a pod's host-side veth and pin
 //!   the links (the CNI binary), detach them again.
 pub mod attach;
@@ -12,6 +13,7 @@ pub mod bpffs;
 pub mod error;
 pub mod loader;
 pub mod maps;
+pub mod node_info;
 pub mod object;
 pub mod paths;
 
