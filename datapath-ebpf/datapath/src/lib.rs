@@ -5,11 +5,13 @@
 //! - [`loader`]: load the object and pin its maps and programs, reusing pins
 //!   that are already there (weir-node).
 //! - [`maps`]: one typed wrapper per map, opened from its pin.
+//! - [`endpoint_info`]: the CNI's record of each pod interface.
 //! - [`node_info`]: `/run/weir/node.json`, weir-node's word to the CNI.
 //! - [`attach`]: attach the pinned programs to a pod's host-side veth and pin
 //!   the links (the CNI binary), detach them again.
 pub mod attach;
 pub mod bpffs;
+pub mod endpoint_info;
 pub mod error;
 pub mod loader;
 pub mod maps;
