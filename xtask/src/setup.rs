@@ -32,6 +32,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("llvm-22-dev", "/usr/lib/llvm-22/bin/llvm-config"),
     ("iproute2", "/usr/sbin/ip"),
+    ("iputils-ping", "/usr/bin/ping"),
+    ("socat", "/usr/bin/socat"),
     ("containernetworking-plugins", "/usr/lib/cni/bridge"),
     ("iperf3", "/usr/bin/iperf3"),
     ("nftables", "/usr/sbin/nft"),

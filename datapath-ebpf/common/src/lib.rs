@@ -40,6 +40,13 @@ pub mod program_names {
     pub const ALL: [&str; 2] = [FROM_POD, TO_POD];
 }
 
+/// Packet mark bits: `from_pod` sets [`MARK_MASQUERADE`] (within
+/// [`MARK_MASK`]) on traffic that leaves the cluster, and weir-node's single
+/// nftables rule masquerades marked packets to the node address. The rule
+/// never grows with pods, nodes or services.
+pub const MARK_MASK: u32 = 0x00ff_0000;
+pub const MARK_MASQUERADE: u32 = 0x0057_0000;
+
 /// Capacities of the maps.
 pub mod capacity {
     pub const ENDPOINTS: u32 = 65_536;

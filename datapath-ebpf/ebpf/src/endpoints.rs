@@ -5,7 +5,7 @@ use aya_ebpf::{helpers::generated::bpf_redirect_peer, programs::TcContext};
 use weir_common::{DropReason, IpKey};
 
 use crate::{
-    Verdict, counters,
+    Verdict, counters, forward,
     maps::ENDPOINTS,
     parse::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, ifindex, ptr_at},
 };
@@ -67,8 +67,10 @@ pub fn try_from_pod(ctx: &TcContext) -> Verdict {
         }
         return Verdict::Redirect(ret);
     }
-    // Anything else (other nodes, the host, outside) goes through the stack.
-    Verdict::Pass
+    // SAFETY: as above; the header is copied out before any helper rewrites
+    // the packet.
+    let ip = unsafe { *ip };
+    forward::leave_node(ctx, ip, ifindex)
 }
 
 pub fn try_to_pod(ctx: &TcContext) -> Verdict {

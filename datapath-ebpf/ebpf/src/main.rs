@@ -9,6 +9,7 @@
 
 mod counters;
 mod endpoints;
+mod forward;
 mod maps;
 mod parse;
 

@@ -1,0 +1,431 @@
+//! The programs moving real packets between network namespaces, wired by hand
+//! the way the CNI binary wires a pod (the CNI's own end-to-end tests drive the
+//! real binary). Each test builds its own uniquely named namespaces and pin
+//! directories and removes them even when it fails.
+
+use std::{
+    fs::File,
+    net::IpAddr,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use weir_common::{DropReason, ENDPOINT_F_READY, Endpoint};
+use weir_datapath::{
+    PinLayout,
+    attach::{self, AttachMode},
+    bpffs, loader,
+    maps::{DropMap, EndpointMap, NodeMap, TrafficMap},
+    object,
+};
+
+fn unique(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("wt{tag}{:x}", (std::process::id() ^ nanos) & 0xffffff)
+}
+
+fn sh(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("run {args:?}: {e}"))
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = sh(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Network namespaces and a pin directory owned by one test.
+struct Topology {
+    netns: Vec<String>,
+    pins: Vec<PinLayout>,
+}
+
+impl Topology {
+    fn new() -> Topology {
+        bpffs::ensure_mounted(Path::new("/sys/fs/bpf")).expect("bpffs");
+        Topology {
+            netns: Vec::new(),
+            pins: Vec::new(),
+        }
+    }
+
+    fn netns(&mut self, name: String) -> String {
+        ok(&["ip", "netns", "add", &name]);
+        self.netns.push(name.clone());
+        ok(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        name
+    }
+
+    fn pin_layout(&mut self, tag: &str) -> PinLayout {
+        let layout = PinLayout::new(PathBuf::from(format!("/sys/fs/bpf/{}", unique(tag))));
+        self.pins.push(layout.clone());
+        layout
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in self.netns.iter().rev() {
+            let _ = sh(&["ip", "netns", "del", ns]);
+        }
+        for p in &self.pins {
+            let _ = loader::unpin_all(p);
+        }
+    }
+}
+
+/// Runs `f` on a fresh thread that has entered the named network namespace.
+fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("netns thread")
+    })
+}
+
+fn mac_of(ns: &str, ifname: &str) -> [u8; 6] {
+    let out = ok(&["ip", "-n", ns, "-br", "link", "show", ifname]);
+    let mac = out.split_whitespace().nth(2).expect("mac column");
+    let mut bytes = [0u8; 6];
+    for (i, part) in mac.split(':').enumerate() {
+        bytes[i] = u8::from_str_radix(part, 16).expect("hex");
+    }
+    bytes
+}
+
+fn ifindex_of(ns: &str, ifname: &str) -> u32 {
+    let out = ok(&["ip", "-n", ns, "-o", "link", "show", ifname]);
+    out.split(':')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .expect("ifindex")
+}
+
+struct Pod {
+    ns: String,
+    ip: IpAddr,
+    host_if: String,
+    host_ifindex: u32,
+}
+
+/// Wires a pod the way the CNI does: veth, /32, default route via a link-local
+/// gateway with a permanent neighbour entry, host route, programs, endpoint.
+fn add_pod(
+    topo: &mut Topology,
+    node_ns: &str,
+    layout: &PinLayout,
+    ip: &str,
+    mode: AttachMode,
+) -> Pod {
+    let ns = topo.netns(unique("p"));
+    let host_if = unique("h");
+    ok(&[
+        "ip", "-n", node_ns, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0",
+        "netns", &ns,
+    ]);
+    ok(&["ip", "-n", node_ns, "link", "set", &host_if, "up"]);
+    let host_mac = mac_of(node_ns, &host_if);
+    let host_mac_s = host_mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    ok(&[
+        "ip",
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        &format!("{ip}/32"),
+        "dev",
+        "eth0",
+    ]);
+    ok(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+    ok(&[
+        "ip",
+        "-n",
+        &ns,
+        "route",
+        "add",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+        "scope",
+        "link",
+    ]);
+    ok(&[
+        "ip",
+        "-n",
+        &ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+    ]);
+    ok(&[
+        "ip",
+        "-n",
+        &ns,
+        "neigh",
+        "add",
+        "169.254.1.1",
+        "lladdr",
+        &host_mac_s,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    ok(&[
+        "ip",
+        "-n",
+        node_ns,
+        "route",
+        "add",
+        &format!("{ip}/32"),
+        "dev",
+        &host_if,
+    ]);
+    let pod_mac = mac_of(&ns, "eth0");
+    let host_ifindex = ifindex_of(node_ns, &host_if);
+    let ip: IpAddr = ip.parse().unwrap();
+    in_netns(node_ns, || {
+        attach::attach_interface(layout, &host_if, mode).expect("attach");
+    });
+    EndpointMap::open(layout)
+        .unwrap()
+        .upsert(
+            ip,
+            Endpoint {
+                ifindex: host_ifindex,
+                flags: ENDPOINT_F_READY,
+                mac: pod_mac,
+                host_mac,
+            },
+        )
+        .unwrap();
+    Pod {
+        ns,
+        ip,
+        host_if,
+        host_ifindex,
+    }
+}
+
+fn ping(from: &Pod, to: IpAddr, count: u32) -> bool {
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &from.ns,
+        "ping",
+        "-c",
+        &count.to_string(),
+        "-i",
+        "0.05",
+        "-W",
+        "1",
+        &to.to_string(),
+    ])
+    .status
+    .success()
+}
+
+/// The counters, for failure messages.
+fn counters(layout: &PinLayout) -> String {
+    format!(
+        "traffic {:?} drops {:?} endpoints {:?}",
+        TrafficMap::open(layout).and_then(|m| m.totals()),
+        DropMap::open(layout).and_then(|m| m.totals()),
+        EndpointMap::open(layout).and_then(|m| m.list())
+    )
+}
+
+fn same_node_delivery(mode: AttachMode) {
+    let mut topo = Topology::new();
+    let node = topo.netns(unique("n"));
+    // Same-node traffic never enters the host's routing: prove it with
+    // forwarding off.
+    ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &node,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=0",
+    ]);
+    let layout = topo.pin_layout("same");
+    in_netns(&node, || {
+        loader::load(&layout, object::OBJECT).expect("load")
+    });
+    let a = add_pod(&mut topo, &node, &layout, "10.240.0.2", mode);
+    let b = add_pod(&mut topo, &node, &layout, "10.240.0.3", mode);
+
+    assert!(ping(&a, b.ip, 5), "a -> b: {}", counters(&layout));
+    assert!(ping(&b, a.ip, 5), "b -> a");
+
+    let traffic = TrafficMap::open(&layout).unwrap().totals().unwrap();
+    let ta = traffic[&a.host_ifindex];
+    let tb = traffic[&b.host_ifindex];
+    assert!(
+        ta.from_pod_packets >= 10,
+        "a sent 5 requests and 5 replies: {ta:?}"
+    );
+    assert!(tb.to_pod_packets >= 5, "b received the requests: {tb:?}");
+
+    // A spoofed source is dropped and counted against the sender.
+    ok(&[
+        "ip",
+        "-n",
+        &a.ns,
+        "addr",
+        "add",
+        "10.240.0.99/32",
+        "dev",
+        "eth0",
+    ]);
+    let spoofed = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &a.ns,
+        "ping",
+        "-c",
+        "3",
+        "-i",
+        "0.05",
+        "-W",
+        "1",
+        "-I",
+        "10.240.0.99",
+        &b.ip.to_string(),
+    ]);
+    assert!(
+        !spoofed.status.success(),
+        "spoofed pings must not be answered"
+    );
+    let drops = DropMap::open(&layout).unwrap().totals().unwrap();
+    assert!(
+        drops
+            .get(&(a.host_ifindex, DropReason::SpoofedIp))
+            .copied()
+            .unwrap_or(0)
+            >= 3,
+        "spoof drops counted: {drops:?}"
+    );
+    let _ = (&a.host_if, &b.host_if);
+}
+
+#[test]
+fn same_node_pods_reach_each_other_with_forwarding_off_tcx() {
+    same_node_delivery(AttachMode::Tcx);
+}
+
+#[test]
+fn same_node_pods_reach_each_other_with_forwarding_off_clsact() {
+    same_node_delivery(AttachMode::Clsact);
+}
+
+#[test]
+fn pods_on_two_nodes_reach_each_other_through_the_underlay() {
+    let mut topo = Topology::new();
+    let n1 = topo.netns(unique("n"));
+    let n2 = topo.netns(unique("n"));
+    let up1 = unique("u");
+    ok(&[
+        "ip", "-n", &n1, "link", "add", &up1, "type", "veth", "peer", "name", "uplink", "netns",
+        &n2,
+    ]);
+    ok(&["ip", "-n", &n1, "link", "set", &up1, "name", "uplink"]);
+    for (ns, addr) in [(&n1, "192.168.77.1/24"), (&n2, "192.168.77.2/24")] {
+        ok(&["ip", "-n", ns, "addr", "add", addr, "dev", "uplink"]);
+        ok(&["ip", "-n", ns, "link", "set", "uplink", "up"]);
+        ok(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+    }
+    ok(&[
+        "ip",
+        "-n",
+        &n1,
+        "route",
+        "add",
+        "10.241.2.0/24",
+        "via",
+        "192.168.77.2",
+    ]);
+    ok(&[
+        "ip",
+        "-n",
+        &n2,
+        "route",
+        "add",
+        "10.241.1.0/24",
+        "via",
+        "192.168.77.1",
+    ]);
+    let l1 = topo.pin_layout("x1");
+    let l2 = topo.pin_layout("x2");
+    in_netns(&n1, || loader::load(&l1, object::OBJECT).expect("load n1"));
+    in_netns(&n2, || loader::load(&l2, object::OBJECT).expect("load n2"));
+    NodeMap::open(&l1)
+        .unwrap()
+        .upsert(
+            "10.241.2.0".parse().unwrap(),
+            24,
+            "192.168.77.2".parse().unwrap(),
+        )
+        .unwrap();
+    NodeMap::open(&l2)
+        .unwrap()
+        .upsert(
+            "10.241.1.0".parse().unwrap(),
+            24,
+            "192.168.77.1".parse().unwrap(),
+        )
+        .unwrap();
+
+    let a = add_pod(&mut topo, &n1, &l1, "10.241.1.10", AttachMode::Tcx);
+    let b = add_pod(&mut topo, &n2, &l2, "10.241.2.10", AttachMode::Tcx);
+    assert!(ping(&a, b.ip, 5), "a -> b across nodes");
+    assert!(ping(&b, a.ip, 5), "b -> a across nodes");
+    // The receiving node delivers through its stack: to_pod counts it.
+    let tb = TrafficMap::open(&l2).unwrap().totals().unwrap()[&b.host_ifindex];
+    assert!(tb.to_pod_packets >= 5, "{tb:?}");
+    assert_eq!(
+        NodeMap::open(&l1).unwrap().list().unwrap(),
+        vec![(
+            "10.241.2.0".parse().unwrap(),
+            24,
+            "192.168.77.2".parse().unwrap()
+        )]
+    );
+}
