@@ -24,9 +24,16 @@ pub mod map_names {
     pub const TRAFFIC: &str = "TRAFFIC";
     pub const DROPS: &str = "DROPS";
     pub const META: &str = "META";
+    pub const SERVICES: &str = "SERVICES";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const CONNTRACK: &str = "CONNTRACK";
+    pub const REVNAT: &str = "REVNAT";
+    pub const AFFINITY: &str = "AFFINITY";
 
     /// Every map of the object, in pin order.
-    pub const ALL: [&str; 5] = [ENDPOINTS, NODES, TRAFFIC, DROPS, META];
+    pub const ALL: [&str; 10] = [
+        ENDPOINTS, NODES, TRAFFIC, DROPS, META, SERVICES, BACKENDS, CONNTRACK, REVNAT, AFFINITY,
+    ];
 }
 
 /// Names of the programs in the object.
@@ -54,6 +61,13 @@ pub mod capacity {
     pub const TRAFFIC: u32 = 65_536;
     pub const DROPS: u32 = 65_536;
     pub const META: u32 = 1;
+    /// (VIP, port, protocol) entries: 20,000 services with a few ports each.
+    pub const SERVICES: u32 = 65_536;
+    /// Backends over all services: 20,000 services x 8 backends, with room.
+    pub const BACKENDS: u32 = 262_144;
+    pub const CONNTRACK: u32 = 262_144;
+    pub const REVNAT: u32 = 262_144;
+    pub const AFFINITY: u32 = 65_536;
 }
 
 /// An address as a map key: 16 bytes, IPv4 stored IPv4-mapped.
@@ -184,15 +198,22 @@ pub enum DropReason {
     RewriteFailed = 4,
     /// The redirect helper refused the packet.
     RedirectFailed = 5,
+    /// A service has no ready backend and the connection could not be
+    /// rejected actively (the reject itself is not a drop).
+    NoBackend = 6,
+    /// A service slot pointed at no backend (a racing update).
+    BackendMissing = 7,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Malformed,
         DropReason::SpoofedIp,
         DropReason::SpoofedMac,
         DropReason::RewriteFailed,
         DropReason::RedirectFailed,
+        DropReason::NoBackend,
+        DropReason::BackendMissing,
     ];
 
     /// The snake_case name used in metrics and inspection output.
@@ -203,6 +224,8 @@ impl DropReason {
             DropReason::SpoofedMac => "spoofed_mac",
             DropReason::RewriteFailed => "rewrite_failed",
             DropReason::RedirectFailed => "redirect_failed",
+            DropReason::NoBackend => "no_backend",
+            DropReason::BackendMissing => "backend_missing",
         }
     }
 
@@ -213,10 +236,131 @@ impl DropReason {
             3 => Some(DropReason::SpoofedMac),
             4 => Some(DropReason::RewriteFailed),
             5 => Some(DropReason::RedirectFailed),
+            6 => Some(DropReason::NoBackend),
+            7 => Some(DropReason::BackendMissing),
             _ => None,
         }
     }
 }
+
+/// Key of `SERVICES`: a service frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// The virtual IP (IPv4-mapped for IPv4).
+    pub addr: [u8; 16],
+    /// The service port, network byte order.
+    pub port_be: u16,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub proto: u8,
+    /// `SCOPE_*`: which traffic the frontend applies to.
+    pub scope: u8,
+}
+const _: () = assert!(size_of::<ServiceKey>() == 20);
+
+/// Frontend scope: a ClusterIP, matched for traffic from pods.
+pub const SCOPE_CLUSTER_IP: u8 = 0;
+
+/// Value of `SERVICES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// Identifies the service's backends (`BackendKey::service_id`) and its
+    /// flows. Assigned by weir-node; never 0.
+    pub id: u32,
+    /// Ready backends, in slots `0..backend_count`. 0 means the service
+    /// rejects new connections.
+    pub backend_count: u16,
+    /// `SERVICE_F_*` bits.
+    pub flags: u16,
+    /// ClientIP affinity timeout in seconds (with `SERVICE_F_AFFINITY`).
+    pub affinity_timeout_s: u32,
+}
+const _: () = assert!(size_of::<Service>() == 12);
+
+/// The service keeps a client on one backend (`sessionAffinity: ClientIP`).
+pub const SERVICE_F_AFFINITY: u16 = 1 << 0;
+
+/// Key of `BACKENDS`: the backend in a slot of a service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    pub service_id: u32,
+    pub slot: u32,
+}
+const _: () = assert!(size_of::<BackendKey>() == 8);
+
+/// Value of `BACKENDS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Backend {
+    pub addr: [u8; 16],
+    pub port_be: u16,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<Backend>() == 20);
+
+/// A flow's 5-tuple as it appears on the wire, addresses 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FlowKey>() == 40);
+
+/// Value of `CONNTRACK` (key: the client's flow to the VIP): where the flow
+/// was sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    pub backend: Backend,
+    pub service_id: u32,
+    /// `CT_F_*` bits.
+    pub flags: u32,
+    /// `bpf_ktime_get_ns()` of the last packet.
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(size_of::<CtEntry>() == 40);
+
+/// A FIN or RST was seen: the entry expires after the short close timeout.
+pub const CT_F_CLOSING: u32 = 1 << 0;
+
+/// Value of `REVNAT` (key: the backend's reply flow, backend → client): the
+/// frontend the client talked to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevNatEntry {
+    pub vip: [u8; 16],
+    pub vport_be: u16,
+    pub _pad: [u8; 2],
+    pub service_id: u32,
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(size_of::<RevNatEntry>() == 32);
+
+/// Key of `AFFINITY`: a client of a service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub client: [u8; 16],
+    pub service_id: u32,
+}
+const _: () = assert!(size_of::<AffinityKey>() == 20);
+
+/// Value of `AFFINITY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityEntry {
+    pub backend: Backend,
+    pub _pad: u32,
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(size_of::<AffinityEntry>() == 32);
 
 /// The single value of `META`: which layout the pinned maps have. Written by
 /// weir-node when it creates the pins; read by everyone who opens them.
@@ -244,6 +388,15 @@ mod user {
     unsafe impl aya::Pod for Traffic {}
     unsafe impl aya::Pod for DropKey {}
     unsafe impl aya::Pod for Meta {}
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for BackendKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for RevNatEntry {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityEntry {}
 
     impl From<core::net::IpAddr> for IpKey {
         fn from(ip: core::net::IpAddr) -> Self {

@@ -189,6 +189,11 @@ pub fn expected_layout(name: &str) -> Option<(u32, u32)> {
         map_names::TRAFFIC => (size_of::<u32>(), size_of::<Traffic>()),
         map_names::DROPS => (size_of::<DropKey>(), size_of::<u64>()),
         map_names::META => (size_of::<u32>(), size_of::<Meta>()),
+        map_names::SERVICES => (size_of::<ServiceKey>(), size_of::<Service>()),
+        map_names::BACKENDS => (size_of::<BackendKey>(), size_of::<Backend>()),
+        map_names::CONNTRACK => (size_of::<FlowKey>(), size_of::<CtEntry>()),
+        map_names::REVNAT => (size_of::<FlowKey>(), size_of::<RevNatEntry>()),
+        map_names::AFFINITY => (size_of::<AffinityKey>(), size_of::<AffinityEntry>()),
         _ => return None,
     };
     Some((sizes.0 as u32, sizes.1 as u32))

@@ -14,8 +14,9 @@ use std::{
 
 use aya::maps::{Array, Map, MapData, MapInfo};
 use weir_common::{
-    ABI_VERSION, DropKey, Endpoint, IpKey, Meta, NODES_KEY_SIZE, RemoteNode, Traffic, capacity,
-    map_names, program_names,
+    ABI_VERSION, AffinityEntry, AffinityKey, Backend, BackendKey, CtEntry, DropKey, Endpoint,
+    FlowKey, IpKey, Meta, NODES_KEY_SIZE, RemoteNode, RevNatEntry, Service, ServiceKey, Traffic,
+    capacity, map_names, program_names,
 };
 use weir_datapath::{
     Error, PinLayout,
@@ -71,7 +72,7 @@ fn every_program_passes_the_verifier_and_every_map_has_its_common_layout() {
     assert_eq!(report.created_maps, map_names::ALL.to_vec());
     assert!(report.reused_maps.is_empty());
 
-    let expect: [(&str, usize, usize, u32); 5] = [
+    let expect: [(&str, usize, usize, u32); 10] = [
         (
             map_names::ENDPOINTS,
             size_of::<IpKey>(),
@@ -101,6 +102,36 @@ fn every_program_passes_the_verifier_and_every_map_has_its_common_layout() {
             size_of::<u32>(),
             size_of::<Meta>(),
             capacity::META,
+        ),
+        (
+            map_names::SERVICES,
+            size_of::<ServiceKey>(),
+            size_of::<Service>(),
+            capacity::SERVICES,
+        ),
+        (
+            map_names::BACKENDS,
+            size_of::<BackendKey>(),
+            size_of::<Backend>(),
+            capacity::BACKENDS,
+        ),
+        (
+            map_names::CONNTRACK,
+            size_of::<FlowKey>(),
+            size_of::<CtEntry>(),
+            capacity::CONNTRACK,
+        ),
+        (
+            map_names::REVNAT,
+            size_of::<FlowKey>(),
+            size_of::<RevNatEntry>(),
+            capacity::REVNAT,
+        ),
+        (
+            map_names::AFFINITY,
+            size_of::<AffinityKey>(),
+            size_of::<AffinityEntry>(),
+            capacity::AFFINITY,
         ),
     ];
     assert_eq!(expect.len(), map_names::ALL.len(), "every map is checked");

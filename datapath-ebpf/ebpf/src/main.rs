@@ -10,6 +10,7 @@
 mod counters;
 mod endpoints;
 mod forward;
+mod lb;
 mod maps;
 mod parse;
 

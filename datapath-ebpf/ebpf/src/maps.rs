@@ -4,9 +4,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap},
 };
-use weir_common::{DropKey, Endpoint, IpKey, Meta, RemoteNode, Traffic, capacity};
+use weir_common::{
+    AffinityEntry, AffinityKey, Backend, BackendKey, CtEntry, DropKey, Endpoint, FlowKey, IpKey,
+    Meta, RemoteNode, RevNatEntry, Service, ServiceKey, Traffic, capacity,
+};
 
 #[map]
 pub static ENDPOINTS: HashMap<IpKey, Endpoint> = HashMap::with_max_entries(capacity::ENDPOINTS, 0);
@@ -27,3 +30,23 @@ pub static DROPS: PerCpuHashMap<DropKey, u64> = PerCpuHashMap::with_max_entries(
 
 #[map]
 pub static META: Array<Meta> = Array::with_max_entries(capacity::META, 0);
+
+#[map]
+pub static SERVICES: HashMap<ServiceKey, Service> =
+    HashMap::with_max_entries(capacity::SERVICES, 0);
+
+#[map]
+pub static BACKENDS: HashMap<BackendKey, Backend> =
+    HashMap::with_max_entries(capacity::BACKENDS, 0);
+
+#[map]
+pub static CONNTRACK: LruHashMap<FlowKey, CtEntry> =
+    LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
+
+#[map]
+pub static REVNAT: LruHashMap<FlowKey, RevNatEntry> =
+    LruHashMap::with_max_entries(capacity::REVNAT, 0);
+
+#[map]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityEntry> =
+    LruHashMap::with_max_entries(capacity::AFFINITY, 0);
