@@ -12,13 +12,12 @@ use weir_ipam::{Allocation, Pool, RangeConfig};
 /// fsyncs there, they just cost nothing, which keeps the suite fast.
 pub fn tempdir() -> tempfile::TempDir {
     let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = tempfile::Builder::new()
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::Builder::new()
             .prefix("weir-ipam-")
             .tempdir_in(shm)
-        {
-            return dir;
-        }
+    {
+        return dir;
     }
     tempfile::Builder::new()
         .prefix("weir-ipam-")
