@@ -171,6 +171,44 @@ pub fn detach_interface(layout: &PinLayout, ifname: &str) -> Result<()> {
     }
 }
 
+/// Whether weir's programs are attached to `ifname` as [`attach_interface`]
+/// left them: in TCX mode both link pins exist and the kernel lists the
+/// pinned programs on their hooks; in clsact mode both filters are there.
+pub fn is_attached(layout: &PinLayout, ifname: &str) -> Result<bool> {
+    let dir = layout.interface_links(ifname);
+    if dir.join(CLSACT_MARKER).exists() {
+        for name in program_names::ALL {
+            match SchedClassifierLink::attached(
+                ifname,
+                hook(name),
+                TC_PRIORITY,
+                TcHandle::from(TC_HANDLE),
+                None,
+            ) {
+                // Dropping the handle would detach the filter: keep it.
+                Ok(link) => std::mem::forget(link),
+                Err(_) => return Ok(false),
+            }
+        }
+        return Ok(true);
+    }
+    if !program_names::ALL
+        .iter()
+        .all(|name| layout.link(ifname, name).exists())
+    {
+        return Ok(false);
+    }
+    let pinned = crate::loader::pinned_program_ids(layout)?;
+    let (ingress, egress) = attached_program_ids(ifname)?;
+    Ok(pinned.iter().all(|(name, id)| {
+        if hook(name) == TcAttachType::Ingress {
+            ingress.contains(id)
+        } else {
+            egress.contains(id)
+        }
+    }))
+}
+
 /// Interfaces that have a link directory under the layout.
 pub fn linked_interfaces(layout: &PinLayout) -> Result<Vec<String>> {
     let dir = layout.links_dir();

@@ -12,7 +12,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 /// True when `path` is on a bpf filesystem.
 pub fn is_bpffs(path: &Path) -> bool {
     match nix::sys::statfs::statfs(path) {
-        Ok(st) => st.filesystem_type().0 as i64 == BPF_FS_MAGIC,
+        Ok(st) => st.filesystem_type().0 == BPF_FS_MAGIC,
         Err(_) => false,
     }
 }

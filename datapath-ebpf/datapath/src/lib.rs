@@ -7,6 +7,7 @@
 //! - [`maps`]: one typed wrapper per map, opened from its pin.
 //! - [`endpoint_info`]: the CNI's record of each pod interface.
 //! - [`node_info`]: `/run/weir/node.json`, weir-node's word to the CNI.
+//! - [`services`]: the service maps, programmed one frontend at a time.
 //! - [`attach`]: attach the pinned programs to a pod's host-side veth and pin
 //!   the links (the CNI binary), detach them again.
 pub mod attach;
@@ -18,6 +19,7 @@ pub mod maps;
 pub mod node_info;
 pub mod object;
 pub mod paths;
+pub mod services;
 
 pub use error::{Error, Result};
 pub use paths::PinLayout;

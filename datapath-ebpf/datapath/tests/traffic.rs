@@ -4,11 +4,14 @@
 //! directories and removes them even when it fails.
 
 use std::{
+    collections::BTreeMap,
     fs::File,
-    net::IpAddr,
+    io::Read,
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
     os::fd::AsFd,
     path::{Path, PathBuf},
     process::{Command, Output},
+    time::Duration,
 };
 
 use weir_common::{DropReason, ENDPOINT_F_READY, Endpoint};
@@ -18,6 +21,7 @@ use weir_datapath::{
     bpffs, loader,
     maps::{DropMap, EndpointMap, NodeMap, TrafficMap},
     object,
+    services::{BackendAddr, Frontend, ServiceMaps, ServiceSpec},
 };
 
 fn unique(tag: &str) -> String {
@@ -49,6 +53,8 @@ fn ok(args: &[&str]) -> String {
 struct Topology {
     netns: Vec<String>,
     pins: Vec<PinLayout>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    server_threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Topology {
@@ -57,6 +63,8 @@ impl Topology {
         Topology {
             netns: Vec::new(),
             pins: Vec::new(),
+            stop: Default::default(),
+            server_threads: Vec::new(),
         }
     }
 
@@ -76,6 +84,10 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.server_threads.drain(..) {
+            let _ = t.join();
+        }
         for ns in self.netns.iter().rev() {
             let _ = sh(&["ip", "netns", "del", ns]);
         }
@@ -427,5 +439,302 @@ fn pods_on_two_nodes_reach_each_other_through_the_underlay() {
             24,
             "192.168.77.2".parse().unwrap()
         )]
+    );
+}
+
+/// Two nodes joined by an underlay, each with its pod CIDR routed to the
+/// other and entered in the other's node map.
+fn two_nodes(topo: &mut Topology) -> ((String, PinLayout), (String, PinLayout)) {
+    let n1 = topo.netns(unique("n"));
+    let n2 = topo.netns(unique("n"));
+    let up = unique("u");
+    ok(&[
+        "ip", "-n", &n1, "link", "add", &up, "type", "veth", "peer", "name", "uplink", "netns", &n2,
+    ]);
+    ok(&["ip", "-n", &n1, "link", "set", &up, "name", "uplink"]);
+    for (ns, addr) in [(&n1, "192.168.78.1/24"), (&n2, "192.168.78.2/24")] {
+        ok(&["ip", "-n", ns, "addr", "add", addr, "dev", "uplink"]);
+        ok(&["ip", "-n", ns, "link", "set", "uplink", "up"]);
+        ok(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+    }
+    ok(&[
+        "ip",
+        "-n",
+        &n1,
+        "route",
+        "add",
+        "10.242.2.0/24",
+        "via",
+        "192.168.78.2",
+    ]);
+    ok(&[
+        "ip",
+        "-n",
+        &n2,
+        "route",
+        "add",
+        "10.242.1.0/24",
+        "via",
+        "192.168.78.1",
+    ]);
+    let l1 = topo.pin_layout("s1");
+    let l2 = topo.pin_layout("s2");
+    in_netns(&n1, || loader::load(&l1, object::OBJECT).expect("load n1"));
+    in_netns(&n2, || loader::load(&l2, object::OBJECT).expect("load n2"));
+    NodeMap::open(&l1)
+        .unwrap()
+        .upsert(
+            "10.242.2.0".parse().unwrap(),
+            24,
+            "192.168.78.2".parse().unwrap(),
+        )
+        .unwrap();
+    NodeMap::open(&l2)
+        .unwrap()
+        .upsert(
+            "10.242.1.0".parse().unwrap(),
+            24,
+            "192.168.78.1".parse().unwrap(),
+        )
+        .unwrap();
+    ((n1, l1), (n2, l2))
+}
+
+/// Starts a TCP and a UDP "who" server in a pod, on a thread that entered
+/// the pod's namespace: each answer is "<name> <peer address>". The thread
+/// stops when the topology is dropped.
+fn serve(topo: &mut Topology, pod: &Pod, name: &str) {
+    let path = format!("/run/netns/{}", pod.ns);
+    let name = name.to_string();
+    let stop = topo.stop.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let file = File::open(&path).expect("open netns");
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let tcp = std::net::TcpListener::bind("0.0.0.0:8080").expect("bind tcp");
+        tcp.set_nonblocking(true).unwrap();
+        let udp = UdpSocket::bind("0.0.0.0:5353").expect("bind udp");
+        udp.set_read_timeout(Some(Duration::from_millis(5)))
+            .unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = [0u8; 512];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match tcp.accept() {
+                Ok((mut s, peer)) => {
+                    let _ = std::io::Write::write_all(
+                        &mut s,
+                        format!("{name} {}\n", peer.ip()).as_bytes(),
+                    );
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("accept: {e}"),
+            }
+            if let Ok((_, peer)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(format!("{name} {}\n", peer.ip()).as_bytes(), peer);
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server started");
+    topo.server_threads.push(handle);
+}
+
+/// One TCP request from `client` to `to`: returns (server's answer, the peer
+/// address the client's socket saw).
+fn tcp_request(client: &Pod, to: SocketAddr) -> std::io::Result<(String, SocketAddr)> {
+    let ns = client.ns.clone();
+    in_netns(&ns, move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let peer = s.peer_addr()?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        Ok((answer.trim().to_string(), peer))
+    })
+}
+
+/// One UDP request on a connected socket (which accepts only datagrams from
+/// `to` itself): the answer proves the reply came back from the VIP.
+fn udp_request(client: &Pod, to: SocketAddr) -> std::io::Result<String> {
+    let ns = client.ns.clone();
+    in_netns(&ns, move || {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.connect(to)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut buf = [0u8; 256];
+        for _ in 0..3 {
+            s.send(b"hi\n")?;
+            if let Ok(n) = s.recv(&mut buf) {
+                return Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string());
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no UDP answer",
+        ))
+    })
+}
+
+const VIP: &str = "10.96.0.10";
+
+fn program(
+    layout: &PinLayout,
+    proto: u8,
+    port: u16,
+    backend_port: u16,
+    backends: &[&Pod],
+    affinity: Option<u32>,
+) {
+    ServiceMaps::open(layout)
+        .unwrap()
+        .upsert(
+            &Frontend {
+                ip: VIP.parse().unwrap(),
+                port,
+                proto,
+            },
+            &ServiceSpec {
+                id: u32::from(port) * 10 + u32::from(proto),
+                backends: backends
+                    .iter()
+                    .map(|p| BackendAddr {
+                        ip: p.ip,
+                        port: backend_port,
+                    })
+                    .collect(),
+                affinity_timeout_s: affinity,
+            },
+        )
+        .unwrap();
+}
+
+#[test]
+fn clusterip_spreads_tcp_and_udp_over_backends_on_both_nodes_and_the_client_sees_the_vip() {
+    let mut topo = Topology::new();
+    let ((n1, l1), (n2, l2)) = two_nodes(&mut topo);
+    let client = add_pod(&mut topo, &n1, &l1, "10.242.1.10", AttachMode::Tcx);
+    let local = add_pod(&mut topo, &n1, &l1, "10.242.1.20", AttachMode::Tcx);
+    let remote = add_pod(&mut topo, &n2, &l2, "10.242.2.20", AttachMode::Tcx);
+    serve(&mut topo, &local, "local");
+    serve(&mut topo, &remote, "remote");
+    program(&l1, 6, 80, 8080, &[&local, &remote], None);
+    program(&l1, 17, 53, 5353, &[&local, &remote], None);
+
+    let vip_tcp: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    let mut hits: BTreeMap<String, u32> = BTreeMap::new();
+    for _ in 0..24 {
+        let (answer, peer) = tcp_request(&client, vip_tcp)
+            .unwrap_or_else(|e| panic!("TCP via VIP: {e}: {}", counters(&l1)));
+        assert_eq!(peer, vip_tcp, "the client's peer is the VIP");
+        let mut words = answer.split_whitespace();
+        let backend = words.next().unwrap_or_default().to_string();
+        let seen_client = words.next().unwrap_or_default();
+        assert_eq!(
+            seen_client, "10.242.1.10",
+            "the backend sees the client's own address: {answer}"
+        );
+        *hits.entry(backend).or_default() += 1;
+    }
+    assert_eq!(
+        hits.keys().cloned().collect::<Vec<_>>(),
+        vec!["local".to_string(), "remote".to_string()],
+        "spread: {hits:?}"
+    );
+
+    let vip_udp: SocketAddr = format!("{VIP}:53").parse().unwrap();
+    let mut udp_hits: BTreeMap<String, u32> = BTreeMap::new();
+    for _ in 0..24 {
+        let answer = udp_request(&client, vip_udp).unwrap_or_else(|e| {
+            panic!(
+                "UDP via VIP: {e}: n1 {} n2 {} ct {:?} rev {:?}",
+                counters(&l1),
+                counters(&l2),
+                ServiceMaps::open(&l1)
+                    .unwrap()
+                    .conntrack()
+                    .unwrap()
+                    .iter()
+                    .filter(|(k, _)| k.proto == 17)
+                    .collect::<Vec<_>>(),
+                ServiceMaps::open(&l1)
+                    .unwrap()
+                    .revnat()
+                    .unwrap()
+                    .iter()
+                    .filter(|(k, _)| k.proto == 17)
+                    .collect::<Vec<_>>()
+            )
+        });
+        assert!(answer.ends_with(" 10.242.1.10"), "{answer}");
+        *udp_hits
+            .entry(
+                answer
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+            .or_default() += 1;
+    }
+    assert_eq!(udp_hits.len(), 2, "UDP spread: {udp_hits:?}");
+    let ct = ServiceMaps::open(&l1).unwrap().conntrack().unwrap();
+    assert!(ct.len() >= 24, "flows are tracked: {}", ct.len());
+    let _ = &n2;
+}
+
+#[test]
+fn affinity_pins_a_client_and_a_removed_backend_gets_no_new_connections() {
+    let mut topo = Topology::new();
+    let ((n1, l1), (n2, l2)) = two_nodes(&mut topo);
+    let client = add_pod(&mut topo, &n1, &l1, "10.242.1.11", AttachMode::Tcx);
+    let b1 = add_pod(&mut topo, &n1, &l1, "10.242.1.21", AttachMode::Tcx);
+    let b2 = add_pod(&mut topo, &n2, &l2, "10.242.2.21", AttachMode::Tcx);
+    serve(&mut topo, &b1, "b1");
+    serve(&mut topo, &b2, "b2");
+    let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+
+    program(&l1, 6, 80, 8080, &[&b1, &b2], Some(600));
+    let first = tcp_request(&client, vip).expect("first").0;
+    for _ in 0..12 {
+        assert_eq!(
+            tcp_request(&client, vip)
+                .expect("again")
+                .0
+                .split_whitespace()
+                .next(),
+            first.split_whitespace().next(),
+            "affinity"
+        );
+    }
+
+    // Drop affinity and remove b1: every new connection lands on b2.
+    program(&l1, 6, 80, 8080, &[&b2], None);
+    for _ in 0..12 {
+        let answer = tcp_request(&client, vip).expect("after removal").0;
+        assert!(answer.starts_with("b2 "), "{answer}");
+    }
+}
+
+#[test]
+fn a_service_without_backends_refuses_connections_at_once() {
+    let mut topo = Topology::new();
+    let ((n1, l1), _) = two_nodes(&mut topo);
+    let client = add_pod(&mut topo, &n1, &l1, "10.242.1.12", AttachMode::Tcx);
+    program(&l1, 6, 80, 8080, &[], None);
+    let started = std::time::Instant::now();
+    let err = tcp_request(&client, format!("{VIP}:80").parse().unwrap()).expect_err("refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "rejected, not timed out"
     );
 }

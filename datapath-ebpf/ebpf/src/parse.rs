@@ -103,7 +103,7 @@ pub fn l4(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<L4> {
         return None;
     }
     let ihl = ihl_bytes(ip);
-    if ihl < 20 || ihl > 60 {
+    if ihl < 20 {
         return None;
     }
     let off = ETH_HLEN + ihl;
