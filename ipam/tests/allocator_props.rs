@@ -37,6 +37,24 @@ fn pool() -> Pool {
     .unwrap()
 }
 
+/// What `pool()` may hand out, spelled out by hand rather than computed:
+/// not 10.0.0.0 (network), .1 (gateway), .7 (broadcast), nothing of
+/// 10.0.1.0/24 outside [.10, .12]; not fd00:: (network) or below
+/// rangeStart, not fd00::4 (gateway).
+const ALLOWED: [&[&str]; 2] = [
+    &[
+        "10.0.0.2",
+        "10.0.0.3",
+        "10.0.0.4",
+        "10.0.0.5",
+        "10.0.0.6",
+        "10.0.1.10",
+        "10.0.1.11",
+        "10.0.1.12",
+    ],
+    &["fd00::2", "fd00::3", "fd00::5", "fd00::6", "fd00::7"],
+];
+
 fn key(k: u8) -> Key {
     Key::new(
         format!("c{k}"),
@@ -94,6 +112,13 @@ fn ips(a: &weir_ipam::Allocation) -> Vec<IpAddr> {
 
 fn run<S: Store>(mut ipam: Ipam<S>, ops: &[Op], reopen: impl Fn(Ipam<S>) -> Ipam<S>) {
     let pool = pool();
+    for (i, set) in pool.sets().iter().enumerate() {
+        let all: Vec<String> = set
+            .candidates_after(None)
+            .map(|ip| ip.to_string())
+            .collect();
+        assert_eq!(all, ALLOWED[i]);
+    }
     let mut model = Model::default();
     let labels = BTreeMap::from([("pod".to_string(), "ns/name".to_string())]);
     for op in ops {
@@ -108,6 +133,10 @@ fn run<S: Store>(mut ipam: Ipam<S>, ops: &[Op], reopen: impl Fn(Ipam<S>) -> Ipam
                     }
                     (None, Some(next)) => {
                         let a = got.expect("free addresses remain");
+                        for (i, x) in a.ips.iter().enumerate() {
+                            let s = x.address.ip().to_string();
+                            assert!(ALLOWED[i].contains(&s.as_str()), "{s} handed out");
+                        }
                         assert_eq!(ips(&a), next, "round-robin after {:?}", model.last);
                         for (x, &want) in a.ips.iter().zip(&next) {
                             assert_eq!(x, &pool.describe(want));
