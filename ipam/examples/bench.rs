@@ -104,8 +104,10 @@ fn weir(args: &Args) -> Result<()> {
     }
     let labels = BTreeMap::new();
     let (mut alloc, mut release, mut both) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut undisturbed, mut preempted) = (Vec::new(), 0);
     for i in 0..args.ops {
         let key = Key::new(format!("bench{i:08}"), "eth0");
+        let r0 = thread_usage();
         let t0 = Instant::now();
         ipam.allocate(&key, &labels)?;
         let t1 = Instant::now();
@@ -113,13 +115,28 @@ fn weir(args: &Args) -> Result<()> {
             bail!("{key} held nothing");
         }
         let t2 = Instant::now();
+        let r1 = thread_usage();
         alloc.push(t1 - t0);
         release.push(t2 - t1);
         both.push(t2 - t0);
+        if r1 > r0 {
+            preempted += 1;
+        } else {
+            undisturbed.push(t2 - t0);
+        }
     }
     report("weir allocate", &mut alloc);
     report("weir release", &mut release);
     report("weir allocate+release", &mut both);
+    // On a busy machine the wall-clock tail is mostly waiting for a CPU:
+    // say how often that happened, and what the others took.
+    println!(
+        "weir: {preempted} of {} pairs were preempted (involuntary context switch)",
+        args.ops
+    );
+    if !undisturbed.is_empty() {
+        report("weir a+r, not preempted", &mut undisturbed);
+    }
     println!("weir peak RSS: {} KiB (this process)", vm_hwm_kib()?);
     Ok(())
 }
@@ -234,6 +251,17 @@ fn report(what: &str, samples: &mut [Duration]) {
         at(0.99),
         samples[samples.len() - 1]
     );
+}
+
+/// This thread's involuntary context switches so far.
+fn thread_usage() -> i64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_THREAD is the
+    // calling thread.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) };
+    assert_eq!(rc, 0, "getrusage(RUSAGE_THREAD)");
+    // SAFETY: initialised by the successful call above.
+    unsafe { usage.assume_init() }.ru_nivcsw
 }
 
 fn vm_hwm_kib() -> Result<u64> {
