@@ -411,3 +411,30 @@ fn keys_of_any_spelling_get_their_own_file() {
         assert!(matches!(e, IpamError::InvalidKey { .. }), "{e}");
     }
 }
+
+#[test]
+fn threads_sharing_one_ipam_never_share_an_address() {
+    // flock is per open file description: each operation opens the lock
+    // anew, so threads of one process exclude each other too.
+    let tmp = tempdir();
+    let pool = Pool::from_config(&[vec![range("10.7.0.0/28")]]).unwrap();
+    let ipam = Ipam::open(tmp.path(), pool).unwrap();
+    let held = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (ipam, held) = (&ipam, &held);
+            s.spawn(move || {
+                for i in 0..100 {
+                    let key = Key::new(format!("t{t}-{i}"), "eth0");
+                    let a = ipam.allocate(&key, &BTreeMap::new()).unwrap();
+                    let ip = a.ips[0].address.ip();
+                    assert!(held.lock().unwrap().insert(ip), "{ip} handed out twice");
+                    std::thread::yield_now();
+                    assert!(held.lock().unwrap().remove(&ip));
+                    assert_eq!(ipam.release(&key).unwrap(), Some(a));
+                }
+            });
+        }
+    });
+    assert_eq!(ipam.list().unwrap(), vec![]);
+}
