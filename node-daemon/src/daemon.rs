@@ -1,0 +1,230 @@
+//! `weir-node run`: load the datapath, then run the node source, the
+//! reconciler, endpoint hygiene and the HTTP endpoints until `shutdown`
+//! completes. Shutdown leaves the datapath (pins, maps, links, routes) in
+//! place: pods keep forwarding while the daemon is away.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+use tracing::{error, info, instrument, warn};
+use weir_common::ABI_VERSION;
+use weir_datapath::{PinLayout, bpffs, loader, node_info::NodeInfo, object};
+
+use crate::{
+    http::{self, HttpState},
+    hygiene,
+    metrics::Stats,
+    nodes::{NodeSet, desired_remotes},
+    reconcile::Reconciler,
+    routes::Routes,
+    source,
+};
+
+/// Where the node set comes from.
+#[derive(Clone, Debug)]
+pub enum NodeSource {
+    /// A directory of Kubernetes-format YAML manifests.
+    Dir { dir: PathBuf, poll: Duration },
+    /// The API server (a kubeconfig file, or in-cluster/`KUBECONFIG`).
+    Kube { kubeconfig: Option<PathBuf> },
+}
+
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub layout: PinLayout,
+    pub node_name: String,
+    pub node_json: PathBuf,
+    pub endpoints_dir: PathBuf,
+    /// `None`: the uplink's MTU, else 1500.
+    pub mtu: Option<u32>,
+    pub listen: SocketAddr,
+    pub source: NodeSource,
+    pub resync: Duration,
+    pub hygiene_interval: Duration,
+}
+
+pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let stats = Arc::new(Stats::default());
+    if let Some(mountpoint) = cfg.layout.root().parent() {
+        bpffs::ensure_mounted(mountpoint)
+            .with_context(|| format!("mounting bpffs at {}", mountpoint.display()))?;
+    }
+    let report = loader::load(&cfg.layout, object::OBJECT).context("loading the datapath")?;
+    info!(
+        reused_maps = ?report.reused_maps,
+        created_maps = ?report.created_maps,
+        programs = ?report.programs.iter().map(|p| (p.name, p.id)).collect::<Vec<_>>(),
+        relinked = report.relinked_interfaces.len(),
+        "datapath loaded"
+    );
+    stats.datapath_loaded.store(true, Ordering::Release);
+
+    let routes = Routes::connect().context("netlink")?;
+    let mtu = match cfg.mtu {
+        Some(m) => m,
+        None => match routes.uplink_mtu().await {
+            Ok(Some(m)) => m,
+            Ok(None) => 1500,
+            Err(e) => {
+                warn!(error = %e, "reading the uplink MTU; using 1500");
+                1500
+            }
+        },
+    };
+
+    run_hygiene(&cfg, &stats).await;
+
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.listen))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    {
+        let state = HttpState {
+            layout: cfg.layout.clone(),
+            endpoints_dir: cfg.endpoints_dir.clone(),
+            stats: stats.clone(),
+        };
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = http::serve(listener, state, stopped).await {
+                error!(error = %e, "HTTP server failed");
+            }
+        });
+    }
+
+    let (tx, rx) = watch::channel::<Option<NodeSet>>(None);
+    match &cfg.source {
+        NodeSource::Dir { dir, poll } => {
+            info!(dir = %dir.display(), "node source: manifest directory");
+            tasks.spawn(source::watch_dir(dir.clone(), *poll, tx, stats.clone()));
+        }
+        NodeSource::Kube { kubeconfig } => {
+            let client = source::kube_client(kubeconfig.as_deref()).await?;
+            info!("node source: Kubernetes API");
+            tasks.spawn(source::watch_kube(client, tx, stats.clone()));
+        }
+    }
+    {
+        let cfg = cfg.clone();
+        let stats = stats.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(cfg.hygiene_interval);
+            tick.tick().await; // the first sweep already ran
+            loop {
+                tick.tick().await;
+                run_hygiene(&cfg, &stats).await;
+            }
+        });
+    }
+
+    let reconciler = Reconciler::new(cfg.layout.clone(), routes, stats.clone());
+    let result = reconcile_loop(&cfg, mtu, rx, &reconciler, &stats, shutdown).await;
+
+    info!("shutting down; the datapath stays in place");
+    let _ = stop_tx.send(true);
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    result
+}
+
+async fn run_hygiene(cfg: &RunConfig, stats: &Arc<Stats>) {
+    let (layout, dir, stats) = (cfg.layout.clone(), cfg.endpoints_dir.clone(), stats.clone());
+    match tokio::task::spawn_blocking(move || hygiene::sweep(&layout, &dir, &stats)).await {
+        Ok(Ok(report)) if report != hygiene::SweepReport::default() => {
+            info!(?report, "endpoint hygiene removed stale state");
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => warn!(error = %e, "endpoint hygiene"),
+        Err(e) => warn!(error = %e, "endpoint hygiene task"),
+    }
+}
+
+async fn reconcile_loop(
+    cfg: &RunConfig,
+    mtu: u32,
+    mut rx: watch::Receiver<Option<NodeSet>>,
+    reconciler: &Reconciler,
+    stats: &Arc<Stats>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut tick = tokio::time::interval(cfg.resync);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut source_alive = true;
+    let mut last_problems = Vec::new();
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            changed = rx.changed(), if source_alive => {
+                if changed.is_err() {
+                    warn!("the node source stopped; keeping the last node set");
+                    source_alive = false;
+                }
+            }
+            _ = tick.tick() => {}
+        }
+        let Some(set) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        apply(cfg, mtu, &set, reconciler, stats, &mut last_problems).await;
+    }
+}
+
+#[instrument(skip_all, fields(nodes = set.len()))]
+async fn apply(
+    cfg: &RunConfig,
+    mtu: u32,
+    set: &NodeSet,
+    reconciler: &Reconciler,
+    stats: &Arc<Stats>,
+    last_problems: &mut Vec<String>,
+) {
+    let Some(me) = set.get(&cfg.node_name) else {
+        warn!(node = %cfg.node_name, "this node is not in the node set yet");
+        return;
+    };
+    let info = NodeInfo {
+        abi_version: ABI_VERSION,
+        node_name: cfg.node_name.clone(),
+        pod_cidrs: me.pod_cidrs.clone(),
+        node_ips: me.internal_ips.clone(),
+        mtu,
+        pin_root: cfg.layout.root().to_owned(),
+    };
+    let on_disk = NodeInfo::read(&cfg.node_json).ok();
+    if on_disk.as_ref() != Some(&info) {
+        match info.write(&cfg.node_json) {
+            Ok(()) => {
+                info!(path = %cfg.node_json.display(), pod_cidrs = ?info.pod_cidrs, "node info written")
+            }
+            Err(e) => {
+                error!(error = %e, "writing node info");
+                return;
+            }
+        }
+    }
+    stats.node_info_written.store(true, Ordering::Release);
+
+    let (desired, problems) = desired_remotes(set, &cfg.node_name);
+    if problems != *last_problems {
+        for p in &problems {
+            warn!(problem = %p, "node set");
+        }
+        *last_problems = problems;
+    }
+    if let Err(e) = reconciler.reconcile(&desired).await {
+        warn!(error = %e, "reconcile failed; retrying at the next resync");
+    }
+    stats.nodes_synced.store(true, Ordering::Release);
+}

@@ -1,0 +1,296 @@
+//! The real `weir-node` binary in a network namespace of the test's own,
+//! with the standalone manifest-directory node source. Runs as root.
+
+mod common;
+
+use std::{fs, net::IpAddr, path::Path};
+
+use common::{Node, pairs};
+use weir_common::{ENDPOINT_F_READY, Endpoint};
+use weir_datapath::{endpoint_info::EndpointInfo, maps::EndpointMap, node_info::NodeInfo};
+
+fn metric(body: &str, line_prefix: &str) -> Option<String> {
+    body.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(str::to_string)
+}
+
+#[test]
+fn yaml_nodes_become_map_entries_and_routes_and_follow_the_directory() {
+    let node = Node::new();
+    node.write_node("a.yaml", "node-a", &["10.244.0.0/24"], &["192.0.2.1"]);
+    // Two remote nodes in one multi-document file.
+    fs::write(
+        node.nodes_dir().join("remotes.yaml"),
+        format!(
+            "{}---\n{}",
+            common::node_yaml("node-b", &["10.244.1.0/24"], &["192.0.2.2"]),
+            common::node_yaml("node-c", &["10.244.2.0/24"], &["192.0.2.3"])
+        ),
+    )
+    .unwrap();
+    let daemon = node.start("node-a", &node.nodes_dir());
+
+    let want = pairs(&[
+        ("10.244.1.0/24", "192.0.2.2"),
+        ("10.244.2.0/24", "192.0.2.3"),
+    ]);
+    daemon.until(20, "NODES entries", || {
+        (node.nodes_map().as_ref() == Some(&want)).then_some(())
+    });
+    daemon.until(10, "node routes", || {
+        (node.ns.weir_routes() == want).then_some(())
+    });
+
+    // node.json: this node's CIDR and address, the uplink's MTU.
+    let info = NodeInfo::read(&node.node_json()).expect("node.json written");
+    assert_eq!(info.node_name, "node-a");
+    assert_eq!(info.pod_cidrs, vec!["10.244.0.0/24".parse().unwrap()]);
+    assert_eq!(info.node_ips, vec!["192.0.2.1".parse::<IpAddr>().unwrap()]);
+    assert_eq!(info.mtu, 1450);
+    assert_eq!(info.abi_version, weir_common::ABI_VERSION);
+    assert_eq!(info.pin_root, node.layout.root());
+
+    // Health, readiness and metrics.
+    assert_eq!(node.ns.http_get("/healthz").map(|r| r.0), Some(200));
+    daemon.until(10, "readyz 200", || {
+        (node.ns.http_get("/readyz")?.0 == 200).then_some(())
+    });
+    let (status, body) = node.ns.http_get("/metrics").expect("metrics answer");
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric(&body, "weir_map_entries{map=\"NODES\"}").as_deref(),
+        Some("2"),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "weir_map_capacity{map=\"NODES\"}"),
+        Some(weir_common::capacity::NODES.to_string())
+    );
+    assert_eq!(
+        metric(&body, "weir_reconcile_errors_total").as_deref(),
+        Some("0")
+    );
+    assert_eq!(node.ns.http_get("/nope").map(|r| r.0), Some(404));
+
+    // A node changes address, another disappears with its file.
+    fs::write(
+        node.nodes_dir().join("remotes.yaml"),
+        common::node_yaml("node-b", &["10.244.1.0/24"], &["192.0.2.22"]),
+    )
+    .unwrap();
+    let want = pairs(&[("10.244.1.0/24", "192.0.2.22")]);
+    daemon.until(20, "node-c removed and node-b moved", || {
+        (node.nodes_map().as_ref() == Some(&want) && node.ns.weir_routes() == want).then_some(())
+    });
+
+    // An invalid manifest keeps the last good node set.
+    fs::write(
+        node.nodes_dir().join("broken.yaml"),
+        "kind: Node\nmetadata: {name: [\n",
+    )
+    .unwrap();
+    daemon.until(10, "the source error to be counted", || {
+        let body = node.ns.http_get("/metrics")?.1;
+        (metric(&body, "weir_node_source_errors_total")? != "0").then_some(())
+    });
+    assert_eq!(node.nodes_map(), Some(want.clone()));
+    assert_eq!(node.ns.weir_routes(), want);
+}
+
+#[test]
+fn sigterm_leaves_the_datapath_and_a_restart_reconciles_without_flushing() {
+    let node = Node::new();
+    node.write_node("a.yaml", "node-a", &["10.244.0.0/24"], &["192.0.2.1"]);
+    node.write_node("b.yaml", "node-b", &["10.244.1.0/24"], &["192.0.2.2"]);
+    node.write_node("c.yaml", "node-c", &["10.244.2.0/24"], &["192.0.2.3"]);
+    let mut daemon = node.start("node-a", &node.nodes_dir());
+    let both = pairs(&[
+        ("10.244.1.0/24", "192.0.2.2"),
+        ("10.244.2.0/24", "192.0.2.3"),
+    ]);
+    daemon.until(20, "both remotes", || {
+        (node.nodes_map().as_ref() == Some(&both) && node.ns.weir_routes() == both).then_some(())
+    });
+    let status_before: serde_json::Value =
+        serde_json::from_str(&node.weir_ok(&["status", "-o", "json"])).unwrap();
+
+    assert!(
+        daemon.terminate(),
+        "clean exit on SIGTERM:\n{}",
+        daemon.log()
+    );
+    // Everything stays, and the inspection commands work with the daemon down.
+    assert!(node.layout.is_loaded());
+    assert_eq!(node.nodes_map(), Some(both.clone()));
+    assert_eq!(node.ns.weir_routes(), both);
+    assert!(node.node_json().exists());
+    let status: serde_json::Value =
+        serde_json::from_str(&node.weir_ok(&["status", "-o", "json"])).unwrap();
+    assert_eq!(status["pinsPresent"], true);
+    assert_eq!(status["abiVersion"], weir_common::ABI_VERSION);
+    assert_eq!(status["objectDigest"], status["thisBuildObjectDigest"]);
+    assert_eq!(status["remotePodCidrs"], 2);
+    assert_eq!(status["nodeInfo"]["nodeName"], "node-a");
+    assert_eq!(status["programs"], status_before["programs"]);
+    let table = node.weir_ok(&["bpf", "nodes", "list"]);
+    assert!(table.starts_with("POD CIDR"), "{table}");
+    assert!(table.contains("10.244.2.0/24   192.0.2.3"), "{table}");
+
+    // Restart on a source that cannot sync: nothing is flushed, not ready.
+    let missing = node.tmp.path().join("not-there-yet");
+    let daemon = node.start("node-a", &missing);
+    daemon.until(10, "healthz", || {
+        (node.ns.http_get("/healthz")?.0 == 200).then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(node.ns.http_get("/readyz").map(|r| r.0), Some(503));
+    assert_eq!(node.nodes_map(), Some(both.clone()), "{}", daemon.log());
+    assert_eq!(node.ns.weir_routes(), both);
+
+    // The source appears, with node-c gone while the daemon was away.
+    fs::create_dir(&missing).unwrap();
+    for f in ["a.yaml", "b.yaml"] {
+        fs::copy(node.nodes_dir().join(f), missing.join(f)).unwrap();
+    }
+    let only_b = pairs(&[("10.244.1.0/24", "192.0.2.2")]);
+    daemon.until(20, "node-c removed after restart", || {
+        (node.nodes_map().as_ref() == Some(&only_b) && node.ns.weir_routes() == only_b)
+            .then_some(())
+    });
+    daemon.until(10, "readyz 200", || {
+        (node.ns.http_get("/readyz")?.0 == 200).then_some(())
+    });
+}
+
+#[test]
+fn uninstall_removes_pins_routes_and_node_info_and_is_idempotent() {
+    let node = Node::new();
+    node.write_node("a.yaml", "node-a", &["10.244.0.0/24"], &["192.0.2.1"]);
+    node.write_node("b.yaml", "node-b", &["10.244.1.0/24"], &["192.0.2.2"]);
+    // A route of someone else's in the same range of the table stays.
+    node.ns.ip(&[
+        "route",
+        "add",
+        "198.51.100.0/24",
+        "via",
+        "192.0.2.9",
+        "proto",
+        "static",
+    ]);
+    let mut daemon = node.start("node-a", &node.nodes_dir());
+    let want = pairs(&[("10.244.1.0/24", "192.0.2.2")]);
+    daemon.until(20, "remote node", || {
+        (node.ns.weir_routes() == want && node.node_json().exists()).then_some(())
+    });
+    assert!(daemon.terminate());
+
+    node.weir_ok(&["uninstall"]);
+    assert!(!node.layout.root().exists(), "pins removed");
+    assert!(node.ns.weir_routes().is_empty(), "weir's routes removed");
+    assert!(!node.node_json().exists(), "node.json removed");
+    assert!(
+        node.ns
+            .ip(&["route", "show", "198.51.100.0/24"])
+            .contains("192.0.2.9"),
+        "other routes stay"
+    );
+    node.weir_ok(&["uninstall"]);
+
+    // Inspection says what is wrong instead of crashing.
+    let out = node.weir(&["status"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Pins present       no"));
+    let out = node.weir(&["bpf", "endpoints", "list"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pins are missing"));
+}
+
+#[test]
+fn stale_endpoints_are_removed_at_start_and_counted() {
+    let node = Node::new();
+    node.write_node("a.yaml", "node-a", &["10.244.0.0/24"], &["192.0.2.1"]);
+    node.weir_ok(&["load"]);
+
+    // One endpoint on a live interface (the uplink stands in for a pod's
+    // veth), one on an interface that no longer exists.
+    let live_ifindex = node.ns.ifindex("up1");
+    let gone_ifindex = 0x7fff_0001;
+    let live: IpAddr = "10.244.0.5".parse().unwrap();
+    let gone: IpAddr = "10.244.0.6".parse().unwrap();
+    let mut map = EndpointMap::open(&node.layout).unwrap();
+    for (ip, ifindex) in [(live, live_ifindex), (gone, gone_ifindex)] {
+        map.upsert(
+            ip,
+            Endpoint {
+                ifindex,
+                flags: ENDPOINT_F_READY,
+                mac: [2, 0, 0, 0, 0, 1],
+                host_mac: [2, 0, 0, 0, 0, 2],
+            },
+        )
+        .unwrap();
+    }
+    let record = |host_ifname: &str, host_ifindex: u32, ip: IpAddr| EndpointInfo {
+        container_id: format!("ctr-{host_ifname}"),
+        ifname: "eth0".into(),
+        host_ifname: host_ifname.into(),
+        host_ifindex,
+        netns: "/run/netns/none".into(),
+        ips: vec![ip],
+        mac: "02:00:00:00:00:01".into(),
+        pod_namespace: Some("default".into()),
+        pod_name: Some(format!("pod-{host_ifname}")),
+    };
+    record("up1", live_ifindex, live)
+        .write(&node.endpoints_dir())
+        .unwrap();
+    record("wrgone", gone_ifindex, gone)
+        .write(&node.endpoints_dir())
+        .unwrap();
+    fs::create_dir_all(node.layout.interface_links("wrgone")).unwrap();
+
+    let table = node.weir_ok(&["bpf", "endpoints", "list"]);
+    assert!(table.contains("default/pod-wrgone"), "{table}");
+
+    let daemon = node.start("node-a", &node.nodes_dir());
+    daemon.until(20, "the stale endpoint removed", || {
+        let map = EndpointMap::open(&node.layout).ok()?;
+        (map.get(gone).ok()?.is_none()).then_some(())
+    });
+    assert!(
+        EndpointMap::open(&node.layout)
+            .unwrap()
+            .get(live)
+            .unwrap()
+            .is_some()
+    );
+    assert!(!node.layout.interface_links("wrgone").exists());
+    assert!(!Path::new(&node.endpoints_dir().join("wrgone.json")).exists());
+    assert!(node.endpoints_dir().join("up1.json").exists());
+    let body = daemon
+        .until(10, "metrics", || node.ns.http_get("/metrics"))
+        .1;
+    assert_eq!(
+        metric(&body, "weir_stale_endpoints_removed_total").as_deref(),
+        Some("1"),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "weir_stale_endpoint_records_removed_total").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        metric(&body, "weir_map_entries{map=\"ENDPOINTS\"}").as_deref(),
+        Some("1")
+    );
+
+    let json = node.weir_ok(&["bpf", "endpoints", "list", "-o", "json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!(rows.len(), 1, "{json}");
+    assert_eq!(rows[0]["ip"], "10.244.0.5");
+    assert_eq!(rows[0]["interface"], "up1");
+    assert_eq!(rows[0]["pod"], "default/pod-up1");
+    assert_eq!(rows[0]["mac"], "02:00:00:00:00:01");
+}
