@@ -37,8 +37,12 @@ enum Cmd {
     },
     /// Start the lab cluster (not there yet).
     Lab,
-    /// Run the benchmarks (not there yet).
-    Bench,
+    /// Run the benchmarks (as root); the report goes to results/.
+    Bench {
+        /// A short run (under five minutes).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -58,8 +62,9 @@ fn main() -> Result<()> {
             "`cargo xtask lab` is not there yet: it arrives with the datapath and weir-node \
              (issue 7). `cargo xtask build` builds everything meanwhile."
         ),
-        Cmd::Bench => {
-            bail!("`cargo xtask bench` is not there yet: it arrives with the benchmarks (issue 9).")
+        Cmd::Bench { quick } => {
+            setup::setup()?;
+            bench(quick)
         }
     }
 }
@@ -70,6 +75,13 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Cargo's target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 /// `cargo` as the user invoked it (the rustup proxy), with bpf-linker on PATH.
@@ -93,6 +105,21 @@ fn build() -> Result<()> {
     run(cargo().args(["build", "--release", "--workspace", "--bins"]))
 }
 
+fn bench(quick: bool) -> Result<()> {
+    if !setup::is_root() {
+        bail!("the benchmarks need root (network namespaces, bpffs): run them as root");
+    }
+    println!("==> building the benchmarks");
+    run(cargo().args(["build", "--release", "-p", "weir-bench"]))?;
+    let out = workspace_root().join("results");
+    let mut cmd = Command::new(target_dir().join("release/weir-bench"));
+    cmd.arg("--out").arg(&out);
+    if quick {
+        cmd.arg("--quick");
+    }
+    run(&mut cmd)
+}
+
 fn test(args: &[String]) -> Result<()> {
     if !setup::is_root() {
         bail!("the test suite needs root (network namespaces, bpffs, veths): run it as root");
@@ -100,5 +127,10 @@ fn test(args: &[String]) -> Result<()> {
     println!("==> running the test suite");
     run(cargo()
         .args(["test", "--release", "--workspace", "--no-fail-fast", "--"])
-        .args(args))
+        .args(args))?;
+    if args.is_empty() {
+        println!("==> the benchmarks, quick, to show they work end to end");
+        bench(true)?;
+    }
+    Ok(())
 }

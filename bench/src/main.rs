@@ -1,0 +1,93 @@
+//! `weir-bench`: weir beside the incumbents, interleaved in one run. Run by
+//! `cargo xtask bench [--quick]` (as root). Nothing here asserts a timing:
+//! it measures and reports medians, spread and ratios.
+
+mod report;
+mod services;
+mod stats;
+
+use std::{fmt::Write as _, fs, path::PathBuf, process::Command};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "weir-bench",
+    about = "weir's benchmarks, side by side with the incumbents"
+)]
+struct Cli {
+    /// A short run (under five minutes on two cores).
+    #[arg(long)]
+    quick: bool,
+    /// Where the report and charts go.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+}
+
+fn machine_facts() -> String {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!("{cores} cores, Linux {kernel}, {date}")
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
+    let work = cli.out.join("work");
+    fs::create_dir_all(&work)?;
+
+    let (sizes, reps, updates): (Vec<usize>, usize, usize) = if cli.quick {
+        (vec![500, 2_000], 2, 5)
+    } else {
+        (vec![1_000, 5_000, 10_000, 20_000], 3, 30)
+    };
+
+    let mut md = String::new();
+    let _ = writeln!(md, "# weir benchmarks\n");
+    let _ = writeln!(
+        md,
+        "Machine: {}. Command: `cargo xtask bench{}`. Every figure is measured beside its incumbent in the same run, interleaved; medians with (min–max) over the repetitions.\n",
+        machine_facts(),
+        if cli.quick { " --quick" } else { "" }
+    );
+
+    eprintln!("==> figure 2: service programming ({sizes:?} services x 8 backends, {reps} reps)");
+    let samples = services::run(&sizes, reps, updates, &work)?;
+    let _ = writeln!(md, "## Service programming\n");
+    md.push_str(&report::services_markdown(&samples));
+    report::services_chart(
+        &samples,
+        "full",
+        "Programming N services x 8 backends from empty",
+        &cli.out.join("services-full.svg"),
+    )?;
+    report::services_chart(
+        &samples,
+        "one",
+        "One service update at N services",
+        &cli.out.join("services-one.svg"),
+    )?;
+    let _ = writeln!(
+        md,
+        "![programming from empty](services-full.svg)\n\n![one update](services-one.svg)\n"
+    );
+
+    let report = cli.out.join("bench.md");
+    fs::write(&report, &md)?;
+    let _ = fs::remove_dir_all(&work);
+    println!("{md}");
+    eprintln!("==> report: {}", report.display());
+    Ok(())
+}

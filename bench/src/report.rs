@@ -1,0 +1,161 @@
+//! The markdown report and the SVG charts.
+
+use std::{collections::BTreeMap, fmt::Write as _, path::Path};
+
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+
+use crate::{
+    services::{SYSTEMS, Sample},
+    stats::{human, summarize},
+};
+
+/// (system, N, op) -> seconds samples.
+type Grouped = BTreeMap<(&'static str, usize, &'static str), Vec<f64>>;
+
+fn group(samples: &[Sample]) -> Grouped {
+    let mut g: Grouped = BTreeMap::new();
+    for s in samples {
+        g.entry((s.system, s.services, s.op))
+            .or_default()
+            .push(s.seconds);
+    }
+    g
+}
+
+fn sizes(samples: &[Sample]) -> Vec<usize> {
+    let mut v: Vec<usize> = samples.iter().map(|s| s.services).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The services section of the report.
+pub fn services_markdown(samples: &[Sample]) -> String {
+    let g = group(samples);
+    let mut md = String::new();
+    for (op, title) in [
+        ("full", "Programming N services x 8 backends from empty"),
+        (
+            "one",
+            "Updating one service (its 8 backends replaced) at N services",
+        ),
+    ] {
+        let _ = writeln!(md, "### {title}\n");
+        let _ = writeln!(
+            md,
+            "| N | weir median | iptables-legacy | iptables-nft | nftables | legacy / weir | ipt-nft / weir | nft / weir |"
+        );
+        let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for n in sizes(samples) {
+            let med = |sys: &'static str| {
+                g.get(&(sys, n, op))
+                    .map(|v| summarize(v))
+                    .map(|s| (s.median, s.min, s.max, s.p99))
+            };
+            let weir = med("weir");
+            let cell = |sys: &'static str| match med(sys) {
+                Some((m, lo, hi, p99)) if op == "one" => format!(
+                    "{} (p99 {}, {}–{})",
+                    human(m),
+                    human(p99),
+                    human(lo),
+                    human(hi)
+                ),
+                Some((m, lo, hi, _)) => format!("{} ({}–{})", human(m), human(lo), human(hi)),
+                None => "n/a".into(),
+            };
+            let ratio = |sys: &'static str| match (med(sys), weir) {
+                (Some((m, ..)), Some((w, ..))) if w > 0.0 => format!("{:.0}x", m / w),
+                _ => "n/a".into(),
+            };
+            let _ = writeln!(
+                md,
+                "| {n} | {} | {} | {} | {} | {} | {} | {} |",
+                cell("weir"),
+                cell("iptables-legacy"),
+                cell("iptables-nft"),
+                cell("nftables"),
+                ratio("iptables-legacy"),
+                ratio("iptables-nft"),
+                ratio("nftables")
+            );
+        }
+        md.push('\n');
+    }
+    md
+}
+
+/// A log-scale line chart of median seconds against N, one line per system.
+pub fn services_chart(
+    samples: &[Sample],
+    op: &'static str,
+    title: &str,
+    path: &Path,
+) -> Result<()> {
+    let g = group(samples);
+    let ns = sizes(samples);
+    let mut series: Vec<(&'static str, Vec<(f64, f64)>)> = Vec::new();
+    for sys in SYSTEMS {
+        let pts: Vec<(f64, f64)> = ns
+            .iter()
+            .filter_map(|&n| {
+                g.get(&(sys, n, op))
+                    .map(|v| (n as f64, summarize(v).median.max(1e-7)))
+            })
+            .collect();
+        if !pts.is_empty() {
+            series.push((sys, pts));
+        }
+    }
+    let all: Vec<f64> = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|x| x.1))
+        .collect();
+    let (lo, hi) = all
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    if all.is_empty() {
+        return Err(anyhow!("no samples for {op}"));
+    }
+    let max_n = ns.last().copied().unwrap_or(1) as f64;
+    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..max_n * 1.05, (lo / 2.0..hi * 2.0).log_scale())
+        .map_err(|e| anyhow!("{e}"))?;
+    chart
+        .configure_mesh()
+        .x_desc("services (x 8 backends)")
+        .y_desc("seconds (median, log scale)")
+        .y_label_formatter(&|v| human(*v))
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    let colors = [RED, BLUE, GREEN, MAGENTA];
+    for (k, (sys, pts)) in series.into_iter().enumerate() {
+        let color = colors[k % colors.len()];
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(|e| anyhow!("{e}"))?
+            .label(sys)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
