@@ -219,6 +219,20 @@ impl Node {
 
     /// Starts the daemon on the manifest directory `dir`.
     pub fn start(&self, node_name: &str, dir: &Path) -> Daemon {
+        let mut args = vec!["--nodes-dir".into(), dir.as_os_str().to_owned()];
+        args.extend(["--nodes-poll-ms".into(), "200".into()]);
+        self.start_with(node_name, &args)
+    }
+
+    /// Starts the daemon on the API server of `kubeconfig`.
+    pub fn start_kube(&self, node_name: &str, kubeconfig: &Path) -> Daemon {
+        self.start_with(
+            node_name,
+            &["--kubeconfig".into(), kubeconfig.as_os_str().to_owned()],
+        )
+    }
+
+    fn start_with(&self, node_name: &str, source: &[std::ffi::OsString]) -> Daemon {
         let log = self.tmp.path().join(format!("{}.log", unique("daemon")));
         let file = fs::File::create(&log).unwrap();
         let child = self
@@ -228,15 +242,12 @@ impl Node {
                 node_name,
                 "--listen",
                 &format!("127.0.0.1:{HTTP_PORT}"),
-                "--nodes-poll-ms",
-                "200",
                 "--resync-seconds",
                 "2",
                 "--hygiene-seconds",
                 "2",
             ])
-            .arg("--nodes-dir")
-            .arg(dir)
+            .args(source)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(file)
