@@ -1,0 +1,77 @@
+//! One structured line per invocation in the log file (stdout belongs to the
+//! protocol). The file is capped: past [`MAX_BYTES`] it is renamed to
+//! `<file>.1` (replacing the previous one) and a new one is started.
+
+use std::{
+    fs::{self, OpenOptions},
+    io::Write,
+    path::Path,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+
+use crate::config::LogLevel;
+
+pub const MAX_BYTES: u64 = 4 << 20;
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Line<'a> {
+    /// Seconds since the epoch.
+    pub ts: f64,
+    pub verb: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<&'a str>,
+    pub duration_us: u128,
+    /// `ok` or `error`.
+    pub outcome: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub msg: Option<&'a str>,
+    /// Step timings (logLevel debug).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<(&'static str, u128)>,
+}
+
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64()
+}
+
+/// Appends `line` to `path` when `level` allows. Failing to log never fails
+/// the invocation.
+pub fn write(path: &Path, level: LogLevel, line: &Line<'_>) {
+    let wanted = match level {
+        LogLevel::Off => false,
+        LogLevel::Error => line.outcome != "ok",
+        LogLevel::Info | LogLevel::Debug => true,
+    };
+    if !wanted {
+        return;
+    }
+    let Ok(mut text) = serde_json::to_string(line) else {
+        return;
+    };
+    text.push('\n');
+    if let Some(dir) = path.parent() {
+        let _ = fs::create_dir_all(dir);
+    }
+    if fs::metadata(path).is_ok_and(|m| m.len() > MAX_BYTES) {
+        let mut rotated = path.as_os_str().to_owned();
+        rotated.push(".1");
+        let _ = fs::rename(path, rotated);
+    }
+    if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(path) {
+        // One write of one line: appends from concurrent invocations do not
+        // interleave.
+        let _ = f.write_all(text.as_bytes());
+    }
+}
