@@ -261,6 +261,7 @@ impl<S: Store> Ipam<S> {
         // The record first: from here on it lists every address the key
         // may hold, so a crash between here and the end leaks nothing.
         self.store.put_record(&wanted)?;
+        self.store.sync()?;
         for &(_, ip) in &fresh {
             if !self.store.reserve(ip, key)? && self.store.owner(ip)?.as_ref() != Some(key) {
                 // next_free saw it free under the lock: somebody wrote
@@ -335,6 +336,7 @@ impl<S: Store> Ipam<S> {
         for a in &held {
             self.store.unreserve(a.address.ip())?;
         }
+        self.store.sync()?;
         self.store.remove_record(key)?;
         Ok((!held.is_empty()).then_some(Allocation {
             ips: held,
@@ -373,6 +375,7 @@ impl<S: Store> Ipam<S> {
                         .unwrap_or_else(|| self.pool.describe(ip)),
                 );
             }
+            self.store.sync()?;
             // Then the records: drop those of invalid keys, and trim valid
             // ones to what their key holds.
             for (key, record) in &records {

@@ -11,14 +11,19 @@
 //! Every file appears under its final name complete: it is written and
 //! fsync'ed under a temporary name (`.tmp`, hidden, one per directory, safe
 //! because writers hold the exclusive lock), then linked (`ips/`, which
-//! fails if the address is taken) or renamed (everything else) into place,
-//! and the directory is fsync'ed.
+//! fails if the address is taken) or renamed (everything else) into place.
+//! Directories changed by a link, rename or unlink are fsync'ed by
+//! [`Store::sync`], which the allocator calls where order matters and
+//! [`Store::locked`] calls before it lets go of the lock. The cursors'
+//! directory is not: losing a cursor move to a power cut only moves where
+//! the next search starts.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -37,6 +42,9 @@ pub struct DiskStore {
     ips: PathBuf,
     keys: PathBuf,
     lock: PathBuf,
+    /// `ips/` or `keys/` changed since they were last fsync'ed.
+    ips_dirty: AtomicBool,
+    keys_dirty: AtomicBool,
 }
 
 impl DiskStore {
@@ -47,6 +55,8 @@ impl DiskStore {
             ips: dir.join("ips"),
             keys: dir.join("keys"),
             lock: dir.join("lock"),
+            ips_dirty: AtomicBool::new(false),
+            keys_dirty: AtomicBool::new(false),
         };
         for d in [&store.dir, &store.ips, &store.keys] {
             if !d.is_dir() {
@@ -99,8 +109,7 @@ impl DiskStore {
     /// Atomically replaces `path` (in `dir`) with `contents`.
     fn replace(&self, dir: &Path, path: &Path, contents: &[u8]) -> Result<(), IpamError> {
         let tmp = self.write_tmp(dir, contents)?;
-        fs::rename(&tmp, path).map_err(|e| IpamError::io(path, e))?;
-        sync_dir(dir)
+        fs::rename(&tmp, path).map_err(|e| IpamError::io(path, e))
     }
 
     fn list_dir(&self, dir: &Path) -> Result<Vec<(String, PathBuf)>, IpamError> {
@@ -149,7 +158,19 @@ impl Store for DiskStore {
                 Err((_, errno)) => return Err(lock_err(errno.into())),
             }
         };
-        f()
+        // Whatever f changed is durable before the next holder sees it.
+        let out = f();
+        let synced = self.sync();
+        out.and_then(|v| synced.map(|()| v))
+    }
+
+    fn sync(&self) -> Result<(), IpamError> {
+        for (dirty, dir) in [(&self.ips_dirty, &self.ips), (&self.keys_dirty, &self.keys)] {
+            if dirty.swap(false, Ordering::SeqCst) {
+                sync_dir(dir).inspect_err(|_| dirty.store(true, Ordering::SeqCst))?;
+            }
+        }
+        Ok(())
     }
 
     fn reservation_path(&self, ip: IpAddr) -> PathBuf {
@@ -178,14 +199,16 @@ impl Store for DiskStore {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => false,
             Err(e) => return Err(IpamError::io(path, e)),
         };
+        if linked {
+            self.ips_dirty.store(true, Ordering::SeqCst);
+        }
         remove_if_present(&tmp)?;
-        sync_dir(&self.ips)?;
         Ok(linked)
     }
 
     fn unreserve(&self, ip: IpAddr) -> Result<(), IpamError> {
-        remove_if_present(&self.ip_path(ip))?;
-        sync_dir(&self.ips)
+        self.ips_dirty.store(true, Ordering::SeqCst);
+        remove_if_present(&self.ip_path(ip))
     }
 
     fn reserved(&self) -> Result<Vec<IpAddr>, IpamError> {
@@ -221,12 +244,13 @@ impl Store for DiskStore {
     }
 
     fn put_record(&self, a: &Allocation) -> Result<(), IpamError> {
+        self.keys_dirty.store(true, Ordering::SeqCst);
         self.replace(&self.keys, &self.record_path(&a.key), &to_json(a, true))
     }
 
     fn remove_record(&self, key: &Key) -> Result<(), IpamError> {
-        remove_if_present(&self.record_path(key))?;
-        sync_dir(&self.keys)
+        self.keys_dirty.store(true, Ordering::SeqCst);
+        remove_if_present(&self.record_path(key))
     }
 
     fn records(&self) -> Result<Vec<Allocation>, IpamError> {

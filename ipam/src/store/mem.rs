@@ -101,6 +101,10 @@ impl Store for MemStore {
         Ok(())
     }
 
+    fn sync(&self) -> Result<(), IpamError> {
+        Ok(())
+    }
+
     fn tidy(&self) -> Result<(), IpamError> {
         Ok(())
     }

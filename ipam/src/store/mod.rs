@@ -28,7 +28,8 @@ pub enum LockMode {
 /// Reservations (address → key, unique per address), records (key → its
 /// allocation, with labels) and one round-robin cursor per range set.
 pub trait Store {
-    /// Runs `f` holding the lock over the whole state, across processes.
+    /// Runs `f` holding the lock over the whole state, across processes,
+    /// and makes what it changed durable ([`Store::sync`]) before letting go.
     fn locked<T>(
         &self,
         mode: LockMode,
@@ -45,10 +46,10 @@ pub trait Store {
     fn is_reserved(&self, ip: IpAddr) -> Result<bool, IpamError>;
 
     /// Atomically reserves `ip` for `key`; `Ok(false)` when it was taken.
-    /// On return the reservation is durable.
+    /// Visible to every reader on return; durable after [`Store::sync`].
     fn reserve(&self, ip: IpAddr, key: &Key) -> Result<bool, IpamError>;
 
-    /// Drops the reservation of `ip`, if any; durable on return.
+    /// Drops the reservation of `ip`, if any; durable after [`Store::sync`].
     fn unreserve(&self, ip: IpAddr) -> Result<(), IpamError>;
 
     /// Every reserved address.
@@ -68,10 +69,11 @@ pub trait Store {
     /// The record of `key`.
     fn record(&self, key: &Key) -> Result<Option<Allocation>, IpamError>;
 
-    /// Atomically replaces the record of `a.key`; durable on return.
+    /// Atomically replaces the record of `a.key`; durable after
+    /// [`Store::sync`].
     fn put_record(&self, a: &Allocation) -> Result<(), IpamError>;
 
-    /// Removes the record of `key`, if any; durable on return.
+    /// Removes the record of `key`, if any; durable after [`Store::sync`].
     fn remove_record(&self, key: &Key) -> Result<(), IpamError>;
 
     /// Every record.
@@ -80,8 +82,13 @@ pub trait Store {
     /// The last address handed out from range set `set`.
     fn last_reserved(&self, set: usize) -> Result<Option<IpAddr>, IpamError>;
 
-    /// Moves the round-robin cursor of range set `set`.
+    /// Moves the round-robin cursor of range set `set` (atomically; its
+    /// durability does not matter).
     fn set_last_reserved(&self, set: usize, ip: IpAddr) -> Result<(), IpamError>;
+
+    /// Makes every reservation and record change so far survive a power
+    /// cut. (A process kill needs nothing: every change is atomic.)
+    fn sync(&self) -> Result<(), IpamError>;
 
     /// Removes whatever an interrupted write left behind that is not state
     /// (temporary files). Never touches a reservation or a record.
