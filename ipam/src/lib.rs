@@ -203,7 +203,9 @@ impl<S: Store> Ipam<S> {
 
     /// One address from every range set for `key`; the same addresses again
     /// when `key` already holds them. Addresses are handed out round-robin
-    /// after the last one handed out from their set.
+    /// after the last one handed out from their set. Addresses the key
+    /// holds that the pool can no longer hand out (the ranges changed since)
+    /// are freed.
     pub fn allocate(
         &self,
         key: &Key,
@@ -226,8 +228,7 @@ impl<S: Store> Ipam<S> {
         };
 
         // What the key already holds, per set; anything else it holds (the
-        // config changed, or a duplicate within one set) stays listed so
-        // that release frees it.
+        // config changed since) is freed below.
         let sets = self.pool.sets();
         let mut per_set: Vec<Option<AllocatedIp>> = vec![None; sets.len()];
         let mut extra = Vec::new();
@@ -248,7 +249,7 @@ impl<S: Store> Ipam<S> {
         }
         let wanted = Allocation {
             key: key.clone(),
-            ips: per_set.into_iter().flatten().chain(extra).collect(),
+            ips: per_set.into_iter().flatten().collect(),
             labels: match &record {
                 Some(r) if fresh.is_empty() => r.labels.clone(),
                 _ => labels.clone(),
@@ -258,6 +259,13 @@ impl<S: Store> Ipam<S> {
             return Ok(wanted);
         }
 
+        // Unreserve before the record stops listing them.
+        for a in &extra {
+            self.store.unreserve(a.address.ip())?;
+        }
+        if !extra.is_empty() {
+            self.store.sync()?;
+        }
         // The record first: from here on it lists every address the key
         // may hold, so a crash between here and the end leaks nothing.
         self.store.put_record(&wanted)?;

@@ -438,3 +438,23 @@ fn threads_sharing_one_ipam_never_share_an_address() {
     });
     assert_eq!(ipam.list().unwrap(), vec![]);
 }
+
+#[test]
+fn a_retry_after_the_ranges_changed_frees_what_the_pool_no_longer_has() {
+    let tmp = tempdir();
+    let key = Key::new("moved", "eth0");
+    let old = open(tmp.path()).allocate(&key, &labels()).unwrap();
+    assert_eq!(old.ips.len(), 2);
+
+    let pool = Pool::from_config(&[vec![range("10.2.0.0/24")]]).unwrap();
+    let ipam = Ipam::open(tmp.path(), pool).unwrap();
+    let report = ipam.check().unwrap();
+    assert_eq!(report.outside_pool.len(), 2, "{report:?}");
+    let new = ipam.allocate(&key, &labels()).unwrap();
+    assert_eq!(new.ips.len(), 1);
+    assert_eq!(new.ips[0].address.to_string(), "10.2.0.1/24");
+    assert_eq!(ipam.get(&key).unwrap(), Some(new.clone()));
+    assert_eq!(ipam.check().unwrap(), Default::default());
+    assert_eq!(entries(&tmp.path().join("ips")), ["10.2.0.1"]);
+    assert_eq!(ipam.release(&key).unwrap(), Some(new));
+}
