@@ -249,11 +249,7 @@ pub fn nft_one_update(i: usize, generation: usize) -> String {
 
 fn weir_spec(i: usize, generation: usize) -> (Frontend, ServiceSpec) {
     (
-        Frontend {
-            ip: IpAddr::V4(vip(i)),
-            port: 80,
-            proto: 6,
-        },
+        Frontend::cluster_ip(IpAddr::V4(vip(i)), 80, 6),
         ServiceSpec {
             id: i as u32 + 1,
             backends: (0..BACKENDS_PER_SERVICE)

@@ -44,7 +44,13 @@ pub mod program_names {
     /// through the host stack.
     pub const TO_POD: &str = "to_pod";
 
-    pub const ALL: [&str; 2] = [FROM_POD, TO_POD];
+    /// TC ingress of the node's uplink: NodePort traffic from outside the
+    /// cluster and the replies of its SNATed flows.
+    pub const FROM_NETDEV: &str = "from_netdev";
+
+    pub const ALL: [&str; 3] = [FROM_POD, TO_POD, FROM_NETDEV];
+    /// The programs attached to a pod's host-side veth.
+    pub const POD: [&str; 2] = [FROM_POD, TO_POD];
 }
 
 /// Packet mark bits: `from_pod` sets [`MARK_MASQUERADE`] (within
@@ -260,6 +266,9 @@ const _: () = assert!(size_of::<ServiceKey>() == 20);
 
 /// Frontend scope: a ClusterIP, matched for traffic from pods.
 pub const SCOPE_CLUSTER_IP: u8 = 0;
+/// Frontend scope: a NodePort on one of the node's addresses, matched for
+/// traffic arriving from outside on the uplink.
+pub const SCOPE_NODEPORT: u8 = 1;
 
 /// Value of `SERVICES`.
 #[repr(C)]
@@ -321,27 +330,41 @@ pub struct CtEntry {
     pub backend: Backend,
     pub service_id: u32,
     /// `CT_F_*` bits.
-    pub flags: u32,
+    pub flags: u16,
+    /// For NodePort flows to a backend on another node: the source port the
+    /// flow was SNATed to (network order); 0 otherwise.
+    pub snat_port_be: u16,
     /// `bpf_ktime_get_ns()` of the last packet.
     pub last_seen_ns: u64,
 }
 const _: () = assert!(size_of::<CtEntry>() == 40);
 
 /// A FIN or RST was seen: the entry expires after the short close timeout.
-pub const CT_F_CLOSING: u32 = 1 << 0;
+pub const CT_F_CLOSING: u16 = 1 << 0;
 
 /// Value of `REVNAT` (key: the backend's reply flow, backend → client): the
 /// frontend the client talked to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RevNatEntry {
+    /// Restored as the reply's source: the VIP, or the node address of a
+    /// NodePort.
     pub vip: [u8; 16],
+    /// With `REVNAT_F_RESTORE_DST`: restored as the reply's destination (the
+    /// NodePort client whose source was SNATed to the node).
+    pub orig_dst: [u8; 16],
     pub vport_be: u16,
-    pub _pad: [u8; 2],
+    pub orig_dport_be: u16,
+    /// `REVNAT_F_*` bits.
+    pub flags: u32,
     pub service_id: u32,
+    pub _pad: u32,
     pub last_seen_ns: u64,
 }
-const _: () = assert!(size_of::<RevNatEntry>() == 32);
+const _: () = assert!(size_of::<RevNatEntry>() == 56);
+
+/// The flow was SNATed too: restore the destination as well.
+pub const REVNAT_F_RESTORE_DST: u32 = 1 << 0;
 
 /// Key of `AFFINITY`: a client of a service.
 #[repr(C)]

@@ -59,10 +59,10 @@ impl AttachMode {
 }
 
 fn hook(program: &str) -> TcAttachType {
-    if program == program_names::FROM_POD {
-        TcAttachType::Ingress
-    } else {
+    if program == program_names::TO_POD {
         TcAttachType::Egress
+    } else {
+        TcAttachType::Ingress
     }
 }
 
@@ -76,12 +76,27 @@ fn attach_error(ifname: &str) -> impl Fn(aya::programs::ProgramError) -> Error +
 /// Attaches `from_pod` (ingress) and `to_pod` (egress) from their pins to
 /// `ifname`. On failure, whatever this call attached is detached again.
 pub fn attach_interface(layout: &PinLayout, ifname: &str, mode: AttachMode) -> Result<()> {
+    attach_programs(layout, ifname, mode, &program_names::POD)
+}
+
+/// Attaches `from_netdev` (ingress) to the node's uplink `ifname`: NodePort
+/// traffic from outside the cluster and the replies of its SNATed flows.
+pub fn attach_netdev(layout: &PinLayout, ifname: &str, mode: AttachMode) -> Result<()> {
+    attach_programs(layout, ifname, mode, &[program_names::FROM_NETDEV])
+}
+
+fn attach_programs(
+    layout: &PinLayout,
+    ifname: &str,
+    mode: AttachMode,
+    programs: &[&'static str],
+) -> Result<()> {
     crate::loader::check_pins(layout)?;
     let dir = layout.interface_links(ifname);
     fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
     let result = match mode {
-        AttachMode::Tcx => attach_tcx(layout, ifname),
-        AttachMode::Clsact => attach_clsact(layout, ifname),
+        AttachMode::Tcx => attach_tcx(layout, ifname, programs),
+        AttachMode::Clsact => attach_clsact(layout, ifname, programs),
     };
     if result.is_err() {
         let _ = detach_interface(layout, ifname);
@@ -89,8 +104,8 @@ pub fn attach_interface(layout: &PinLayout, ifname: &str, mode: AttachMode) -> R
     result
 }
 
-fn attach_tcx(layout: &PinLayout, ifname: &str) -> Result<()> {
-    for name in program_names::ALL {
+fn attach_tcx(layout: &PinLayout, ifname: &str, programs: &[&'static str]) -> Result<()> {
+    for &name in programs {
         let mut prog =
             SchedClassifier::from_pin(layout.program(name)).map_err(attach_error(ifname))?;
         let id = prog
@@ -114,7 +129,7 @@ fn attach_tcx(layout: &PinLayout, ifname: &str) -> Result<()> {
     Ok(())
 }
 
-fn attach_clsact(layout: &PinLayout, ifname: &str) -> Result<()> {
+fn attach_clsact(layout: &PinLayout, ifname: &str, programs: &[&'static str]) -> Result<()> {
     match tc::qdisc_add_clsact(ifname) {
         Ok(()) => {}
         Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -125,9 +140,9 @@ fn attach_clsact(layout: &PinLayout, ifname: &str) -> Result<()> {
             });
         }
     }
-    let marker = layout.interface_links(ifname).join(CLSACT_MARKER);
-    fs::create_dir_all(&marker).map_err(Error::io(&marker))?;
-    for name in program_names::ALL {
+    for &name in programs {
+        let marker = clsact_marker(layout, ifname, name);
+        fs::create_dir_all(&marker).map_err(Error::io(&marker))?;
         let mut prog =
             SchedClassifier::from_pin(layout.program(name)).map_err(attach_error(ifname))?;
         let options = NlOptions {
@@ -150,8 +165,8 @@ fn attach_clsact(layout: &PinLayout, ifname: &str) -> Result<()> {
 /// when nothing is attached or the interface is gone.
 pub fn detach_interface(layout: &PinLayout, ifname: &str) -> Result<()> {
     let dir = layout.interface_links(ifname);
-    if dir.join(CLSACT_MARKER).exists() {
-        for name in program_names::ALL {
+    for name in program_names::ALL {
+        if clsact_marker(layout, ifname, name).exists() {
             // The interface may be gone already, taking its filters with it.
             if let Ok(link) = SchedClassifierLink::attached(
                 ifname,
@@ -175,9 +190,8 @@ pub fn detach_interface(layout: &PinLayout, ifname: &str) -> Result<()> {
 /// left them: in TCX mode both link pins exist and the kernel lists the
 /// pinned programs on their hooks; in clsact mode both filters are there.
 pub fn is_attached(layout: &PinLayout, ifname: &str) -> Result<bool> {
-    let dir = layout.interface_links(ifname);
-    if dir.join(CLSACT_MARKER).exists() {
-        for name in program_names::ALL {
+    if clsact_marker(layout, ifname, program_names::FROM_POD).exists() {
+        for name in program_names::POD {
             match SchedClassifierLink::attached(
                 ifname,
                 hook(name),
@@ -192,7 +206,7 @@ pub fn is_attached(layout: &PinLayout, ifname: &str) -> Result<bool> {
         }
         return Ok(true);
     }
-    if !program_names::ALL
+    if !program_names::POD
         .iter()
         .all(|name| layout.link(ifname, name).exists())
     {
@@ -200,13 +214,16 @@ pub fn is_attached(layout: &PinLayout, ifname: &str) -> Result<bool> {
     }
     let pinned = crate::loader::pinned_program_ids(layout)?;
     let (ingress, egress) = attached_program_ids(ifname)?;
-    Ok(pinned.iter().all(|(name, id)| {
-        if hook(name) == TcAttachType::Ingress {
-            ingress.contains(id)
-        } else {
-            egress.contains(id)
-        }
-    }))
+    Ok(pinned
+        .iter()
+        .filter(|(name, _)| program_names::POD.contains(name))
+        .all(|(name, id)| {
+            if hook(name) == TcAttachType::Ingress {
+                ingress.contains(id)
+            } else {
+                egress.contains(id)
+            }
+        }))
 }
 
 /// Interfaces that have a link directory under the layout.
@@ -248,9 +265,11 @@ pub(crate) fn relink_all(layout: &PinLayout) -> Result<Vec<String>> {
             detach_interface(layout, &ifname)?;
             continue;
         }
-        let dir = layout.interface_links(&ifname);
-        let clsact = dir.join(CLSACT_MARKER).exists();
         for name in program_names::ALL {
+            let clsact = clsact_marker(layout, &ifname, name).exists();
+            if !clsact && !layout.link(&ifname, name).exists() {
+                continue; // not attached here
+            }
             let mut prog =
                 SchedClassifier::from_pin(layout.program(name)).map_err(attach_error(&ifname))?;
             let link = if clsact {
@@ -297,6 +316,15 @@ pub(crate) fn relink_all(layout: &PinLayout) -> Result<Vec<String>> {
         relinked.push(ifname);
     }
     Ok(relinked)
+}
+
+/// The directory recording that `program` is attached to `ifname` as a
+/// cls_bpf filter (bpffs holds no regular files).
+fn clsact_marker(layout: &PinLayout, ifname: &str, program: &str) -> std::path::PathBuf {
+    layout
+        .interface_links(ifname)
+        .join(CLSACT_MARKER)
+        .join(program)
 }
 
 /// Whether `ifname` exists in this thread's network namespace.

@@ -51,21 +51,54 @@ fn is_not_found(e: &MapError) -> bool {
         || matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
 }
 
-/// A frontend: (VIP, port, protocol).
+/// Which traffic a frontend applies to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// A ClusterIP: traffic from pods.
+    #[default]
+    ClusterIp,
+    /// A NodePort on one of the node's addresses: traffic from outside,
+    /// arriving on the uplink.
+    NodePort,
+}
+
+/// A frontend: (address, port, protocol) in a scope.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frontend {
     pub ip: IpAddr,
     pub port: u16,
     pub proto: u8,
+    pub scope: Scope,
 }
 
 impl Frontend {
+    pub fn cluster_ip(ip: IpAddr, port: u16, proto: u8) -> Frontend {
+        Frontend {
+            ip,
+            port,
+            proto,
+            scope: Scope::ClusterIp,
+        }
+    }
+
+    pub fn node_port(node_ip: IpAddr, port: u16, proto: u8) -> Frontend {
+        Frontend {
+            ip: node_ip,
+            port,
+            proto,
+            scope: Scope::NodePort,
+        }
+    }
+
     pub fn key(&self) -> ServiceKey {
         ServiceKey {
             addr: IpKey::from(self.ip).addr,
             port_be: self.port.to_be(),
             proto: self.proto,
-            scope: weir_common::SCOPE_CLUSTER_IP,
+            scope: match self.scope {
+                Scope::ClusterIp => weir_common::SCOPE_CLUSTER_IP,
+                Scope::NodePort => weir_common::SCOPE_NODEPORT,
+            },
         }
     }
 
@@ -74,6 +107,11 @@ impl Frontend {
             ip: IpAddr::from(IpKey { addr: key.addr }),
             port: u16::from_be(key.port_be),
             proto: key.proto,
+            scope: if key.scope == weir_common::SCOPE_NODEPORT {
+                Scope::NodePort
+            } else {
+                Scope::ClusterIp
+            },
         }
     }
 }
@@ -277,7 +315,7 @@ impl ServiceMaps {
             .collect();
         for (key, ct) in &doomed {
             self.remove_ct(key)?;
-            self.remove_revnat(&reply_of(key, &ct.backend))?;
+            self.remove_revnat(&reply_of(key, ct))?;
         }
         let affinities: Vec<AffinityKey> = self
             .affinity
@@ -308,7 +346,7 @@ impl ServiceMaps {
             .collect();
         for (key, ct) in &expired {
             self.remove_ct(key)?;
-            self.remove_revnat(&reply_of(key, &ct.backend))?;
+            self.remove_revnat(&reply_of(key, ct))?;
         }
         // Reverse entries whose forward entry is gone (evicted by the LRU).
         let idle = timeouts.tcp_established_ns.max(timeouts.udp_ns);
@@ -341,13 +379,19 @@ impl ServiceMaps {
     }
 }
 
-/// The reply flow (backend → client) of a client flow sent to `backend`.
-pub fn reply_of(client_flow: &FlowKey, backend: &Backend) -> FlowKey {
+/// The reply flow of a tracked client flow: backend → client, or, for a
+/// NodePort flow SNATed to the node, backend → node address and SNAT port.
+pub fn reply_of(client_flow: &FlowKey, ct: &CtEntry) -> FlowKey {
+    let (dst, dport_be) = if ct.snat_port_be != 0 {
+        (client_flow.dst, ct.snat_port_be)
+    } else {
+        (client_flow.src, client_flow.sport_be)
+    };
     FlowKey {
-        src: backend.addr,
-        dst: client_flow.src,
-        sport_be: backend.port_be,
-        dport_be: client_flow.sport_be,
+        src: ct.backend.addr,
+        dst,
+        sport_be: ct.backend.port_be,
+        dport_be,
         proto: client_flow.proto,
         _pad: [0; 3],
     }
@@ -374,7 +418,7 @@ impl Default for CtTimeouts {
 }
 
 impl CtTimeouts {
-    pub fn for_entry(&self, proto: u8, flags: u32) -> u64 {
+    pub fn for_entry(&self, proto: u8, flags: u16) -> u64 {
         match proto {
             6 if flags & CT_F_CLOSING != 0 => self.tcp_closing_ns,
             6 => self.tcp_established_ns,

@@ -41,11 +41,7 @@ impl Drop for PinDir {
 }
 
 fn fe(ip: &str, port: u16) -> Frontend {
-    Frontend {
-        ip: ip.parse().unwrap(),
-        port,
-        proto: 6,
-    }
+    Frontend::cluster_ip(ip.parse().unwrap(), port, 6)
 }
 
 fn be(ip: &str, port: u16) -> BackendAddr {
@@ -138,7 +134,7 @@ fn flow(client: &str, cport: u16, vip: &str, vport: u16, proto: u8) -> FlowKey {
 }
 
 /// Inserts a flow's conntrack and reverse-NAT entries as the datapath would.
-fn track(layout: &PinLayout, key: FlowKey, backend: BackendAddr, flags: u32, last_seen_ns: u64) {
+fn track(layout: &PinLayout, key: FlowKey, backend: BackendAddr, flags: u16, last_seen_ns: u64) {
     let open = |name| {
         let data = MapData::from_pin(layout.map(name)).unwrap();
         match Map::from_map_data(data).unwrap() {
@@ -150,25 +146,24 @@ fn track(layout: &PinLayout, key: FlowKey, backend: BackendAddr, flags: u32, las
         HashMap::try_from(open(map_names::CONNTRACK)).unwrap();
     let mut rev: HashMap<MapData, FlowKey, RevNatEntry> =
         HashMap::try_from(open(map_names::REVNAT)).unwrap();
-    let b = backend.to_map();
-    ct.insert(
-        key,
-        CtEntry {
-            backend: b,
-            service_id: 1,
-            flags,
-            last_seen_ns,
-        },
-        0,
-    )
-    .unwrap();
+    let entry = CtEntry {
+        backend: backend.to_map(),
+        service_id: 1,
+        flags,
+        snat_port_be: 0,
+        last_seen_ns,
+    };
+    ct.insert(key, entry, 0).unwrap();
     rev.insert(
-        reply_of(&key, &b),
+        reply_of(&key, &entry),
         RevNatEntry {
             vip: key.dst,
+            orig_dst: key.src,
             vport_be: key.dport_be,
-            _pad: [0; 2],
+            orig_dport_be: key.sport_be,
+            flags: 0,
             service_id: 1,
+            _pad: 0,
             last_seen_ns,
         },
         0,
@@ -273,11 +268,7 @@ fn twenty_thousand_services_with_eight_backends_each_fit_and_list_back() {
             })
             .collect();
         maps.upsert(
-            &Frontend {
-                ip: vip,
-                port: 80,
-                proto: 6,
-            },
+            &Frontend::cluster_ip(vip, 80, 6),
             &ServiceSpec {
                 id: i + 1,
                 backends,

@@ -597,11 +597,7 @@ fn program(
     ServiceMaps::open(layout)
         .unwrap()
         .upsert(
-            &Frontend {
-                ip: VIP.parse().unwrap(),
-                port,
-                proto,
-            },
+            &Frontend::cluster_ip(VIP.parse().unwrap(), port, proto),
             &ServiceSpec {
                 id: u32::from(port) * 10 + u32::from(proto),
                 backends: backends
@@ -737,4 +733,162 @@ fn a_service_without_backends_refuses_connections_at_once() {
         started.elapsed() < Duration::from_secs(2),
         "rejected, not timed out"
     );
+}
+
+/// Two nodes and a host outside the cluster on one underlay (a bridge in a
+/// namespace of its own). Node addresses are in each other's node maps, so
+/// that node-to-node traffic from pods is never masqueraded.
+fn cluster_with_outside(topo: &mut Topology) -> ((String, PinLayout), (String, PinLayout), String) {
+    let under = topo.netns(unique("b"));
+    ok(&["ip", "-n", &under, "link", "add", "br0", "type", "bridge"]);
+    ok(&["ip", "-n", &under, "link", "set", "br0", "up"]);
+    let n1 = topo.netns(unique("n"));
+    let n2 = topo.netns(unique("n"));
+    let out = topo.netns(unique("o"));
+    for (ns, addr) in [
+        (&n1, "192.168.79.1/24"),
+        (&n2, "192.168.79.2/24"),
+        (&out, "192.168.79.100/24"),
+    ] {
+        let port = unique("v");
+        ok(&[
+            "ip", "-n", &under, "link", "add", &port, "type", "veth", "peer", "name", "uplink",
+            "netns", ns,
+        ]);
+        ok(&[
+            "ip", "-n", &under, "link", "set", &port, "master", "br0", "up",
+        ]);
+        ok(&["ip", "-n", ns, "addr", "add", addr, "dev", "uplink"]);
+        ok(&["ip", "-n", ns, "link", "set", "uplink", "up"]);
+        ok(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+    }
+    ok(&[
+        "ip",
+        "-n",
+        &n1,
+        "route",
+        "add",
+        "10.243.2.0/24",
+        "via",
+        "192.168.79.2",
+    ]);
+    ok(&[
+        "ip",
+        "-n",
+        &n2,
+        "route",
+        "add",
+        "10.243.1.0/24",
+        "via",
+        "192.168.79.1",
+    ]);
+    let l1 = topo.pin_layout("np1");
+    let l2 = topo.pin_layout("np2");
+    for (ns, layout) in [(&n1, &l1), (&n2, &l2)] {
+        in_netns(ns, || {
+            loader::load(layout, object::OBJECT).expect("load");
+            attach::attach_netdev(layout, "uplink", AttachMode::Tcx).expect("attach netdev");
+        });
+    }
+    let mut m1 = NodeMap::open(&l1).unwrap();
+    m1.upsert(
+        "10.243.2.0".parse().unwrap(),
+        24,
+        "192.168.79.2".parse().unwrap(),
+    )
+    .unwrap();
+    m1.upsert(
+        "192.168.79.2".parse().unwrap(),
+        32,
+        "192.168.79.2".parse().unwrap(),
+    )
+    .unwrap();
+    let mut m2 = NodeMap::open(&l2).unwrap();
+    m2.upsert(
+        "10.243.1.0".parse().unwrap(),
+        24,
+        "192.168.79.1".parse().unwrap(),
+    )
+    .unwrap();
+    m2.upsert(
+        "192.168.79.1".parse().unwrap(),
+        32,
+        "192.168.79.1".parse().unwrap(),
+    )
+    .unwrap();
+    ((n1, l1), (n2, l2), out)
+}
+
+#[test]
+fn nodeport_from_outside_reaches_local_and_remote_backends_through_each_node() {
+    let mut topo = Topology::new();
+    let ((n1, l1), (n2, l2), out) = cluster_with_outside(&mut topo);
+    let local = add_pod(&mut topo, &n1, &l1, "10.243.1.20", AttachMode::Tcx);
+    let remote = add_pod(&mut topo, &n2, &l2, "10.243.2.20", AttachMode::Tcx);
+    serve(&mut topo, &local, "on-n1");
+    serve(&mut topo, &remote, "on-n2");
+    for (layout, node_ip) in [(&l1, "192.168.79.1"), (&l2, "192.168.79.2")] {
+        ServiceMaps::open(layout)
+            .unwrap()
+            .upsert(
+                &Frontend::node_port(node_ip.parse().unwrap(), 30080, 6),
+                &ServiceSpec {
+                    id: 7,
+                    backends: vec![
+                        BackendAddr {
+                            ip: local.ip,
+                            port: 8080,
+                        },
+                        BackendAddr {
+                            ip: remote.ip,
+                            port: 8080,
+                        },
+                    ],
+                    affinity_timeout_s: None,
+                },
+            )
+            .unwrap();
+    }
+    let client = Pod {
+        ns: out.clone(),
+        ip: "192.168.79.100".parse().unwrap(),
+        host_if: String::new(),
+        host_ifindex: 0,
+    };
+    for node_ip in ["192.168.79.1", "192.168.79.2"] {
+        let to: SocketAddr = format!("{node_ip}:30080").parse().unwrap();
+        let mut hits: BTreeMap<String, String> = BTreeMap::new();
+        for _ in 0..20 {
+            let (answer, peer) = tcp_request(&client, to).unwrap_or_else(|e| {
+                panic!(
+                    "NodePort {to}: {e}: n1 {} n2 {}",
+                    counters(&l1),
+                    counters(&l2)
+                )
+            });
+            assert_eq!(peer, to, "the client talks to the node");
+            let mut words = answer.split_whitespace();
+            let backend = words.next().unwrap_or_default().to_string();
+            let seen = words.next().unwrap_or_default().to_string();
+            hits.insert(backend, seen);
+        }
+        assert_eq!(hits.len(), 2, "both backends through {node_ip}: {hits:?}");
+        // A backend on the receiving node sees the client; one on the other
+        // node sees the receiving node (SNAT), so its reply returns there.
+        let (near, far) = if node_ip == "192.168.79.1" {
+            ("on-n1", "on-n2")
+        } else {
+            ("on-n2", "on-n1")
+        };
+        assert_eq!(hits[near], "192.168.79.100", "{hits:?}");
+        assert_eq!(hits[far], node_ip, "{hits:?}");
+    }
 }

@@ -51,19 +51,20 @@ pub fn try_from_pod(ctx: &TcContext) -> Verdict {
     }
     counters::count_from_pod(ifindex, ctx.len());
 
+    let mut nat_reply = false;
     if let Some(mut l4) = l4(ctx, &ip) {
-        match lb::from_pod(ctx, &mut ip, &mut l4, ifindex) {
+        match lb::from_pod(ctx, &mut ip, &mut l4, ifindex, &mut nat_reply) {
             Lb::Continue => {}
             Lb::Done(verdict) => return verdict,
         }
     }
-    deliver(ctx, &ip, ifindex)
+    deliver(ctx, &ip, ifindex, nat_reply)
 }
 
 /// Sends an IPv4 packet on its way: straight into a pod on this node, or off
 /// the node.
 #[inline(always)]
-fn deliver(ctx: &TcContext, ip: &Ipv4Hdr, ingress_ifindex: u32) -> Verdict {
+pub fn deliver(ctx: &TcContext, ip: &Ipv4Hdr, ingress_ifindex: u32, nat_reply: bool) -> Verdict {
     // SAFETY: the value is copied out at once.
     if let Some(dst) = unsafe { ENDPOINTS.get(IpKey::from_v4_octets(ip.daddr)) }.copied() {
         let eth = EthHdr {
@@ -83,7 +84,7 @@ fn deliver(ctx: &TcContext, ip: &Ipv4Hdr, ingress_ifindex: u32) -> Verdict {
         }
         return Verdict::Redirect(ret);
     }
-    forward::leave_node(ctx, *ip, ingress_ifindex)
+    forward::leave_node(ctx, *ip, ingress_ifindex, nat_reply)
 }
 
 pub fn try_to_pod(ctx: &TcContext) -> Verdict {
@@ -103,9 +104,9 @@ pub fn try_to_pod(ctx: &TcContext) -> Verdict {
     // SAFETY: as above.
     let mut ip = unsafe { *ip };
     if let Some(mut l4) = l4(ctx, &ip)
-        && let Some(Lb::Done(verdict)) = lb::rev_nat(ctx, &mut ip, &mut l4)
+        && let lb::RevNat::Failed = lb::rev_nat(ctx, &mut ip, &mut l4)
     {
-        return verdict;
+        return Verdict::Drop(DropReason::RewriteFailed);
     }
     Verdict::Pass
 }

@@ -12,7 +12,8 @@ use aya_ebpf::{
 };
 use weir_common::{
     AffinityEntry, AffinityKey, Backend, BackendKey, CT_F_CLOSING, CtEntry, DropReason, FlowKey,
-    IpKey, RevNatEntry, SCOPE_CLUSTER_IP, SERVICE_F_AFFINITY, ServiceKey,
+    IpKey, REVNAT_F_RESTORE_DST, RevNatEntry, SCOPE_CLUSTER_IP, SERVICE_F_AFFINITY, Service,
+    ServiceKey,
 };
 
 use crate::{
@@ -39,24 +40,24 @@ pub enum Lb {
 }
 
 #[inline(always)]
-fn now_ns() -> u64 {
+pub fn now_ns() -> u64 {
     // SAFETY: a helper without arguments.
     unsafe { bpf_ktime_get_ns() }
 }
 
 #[inline(always)]
-fn mapped(addr: [u8; 4]) -> [u8; 16] {
+pub fn mapped(addr: [u8; 4]) -> [u8; 16] {
     IpKey::from_v4_octets(addr).addr
 }
 
 #[inline(always)]
-fn v4_of(addr: &[u8; 16]) -> [u8; 4] {
+pub fn v4_of(addr: &[u8; 16]) -> [u8; 4] {
     [addr[12], addr[13], addr[14], addr[15]]
 }
 
 /// The packet's flow key as it is on the wire.
 #[inline(always)]
-fn flow(ip: &Ipv4Hdr, l4: &L4) -> FlowKey {
+pub fn flow(ip: &Ipv4Hdr, l4: &L4) -> FlowKey {
     FlowKey {
         src: mapped(ip.saddr),
         dst: mapped(ip.daddr),
@@ -67,12 +68,45 @@ fn flow(ip: &Ipv4Hdr, l4: &L4) -> FlowKey {
     }
 }
 
-/// Packets a pod sends: replies of NATed flows get their source restored to
-/// the frontend; packets to a frontend get a backend.
+/// Whether a reply of a NATed flow was restored.
+pub enum RevNat {
+    /// Not a reply of a NATed flow.
+    NotNat,
+    /// Restored: the packet now carries the frontend (and, for SNATed
+    /// NodePort flows, the client) again.
+    Restored,
+    /// The rewrite failed: drop.
+    Failed,
+}
+
+/// What a frontend lookup decided for a flow.
+pub enum Pick {
+    Backend(CtEntry),
+    /// The service has no ready backend: reject the connection.
+    NoBackend,
+    /// A slot pointed at no backend (a racing update).
+    Missing,
+}
+
+/// Packets a pod sends: replies of NATed flows get their frontend restored;
+/// packets to a ClusterIP get a backend. `Lb::Continue` carries on with the
+/// (possibly rewritten) packet; `nat_reply` tells whether it is a restored
+/// reply, which must not be masqueraded.
 #[inline(always)]
-pub fn from_pod(ctx: &TcContext, ip: &mut Ipv4Hdr, l4: &mut L4, ingress_ifindex: u32) -> Lb {
-    if let Some(v) = rev_nat(ctx, ip, l4) {
-        return v;
+pub fn from_pod(
+    ctx: &TcContext,
+    ip: &mut Ipv4Hdr,
+    l4: &mut L4,
+    ingress_ifindex: u32,
+    nat_reply: &mut bool,
+) -> Lb {
+    match rev_nat(ctx, ip, l4) {
+        RevNat::Restored => {
+            *nat_reply = true;
+            return Lb::Continue;
+        }
+        RevNat::Failed => return Lb::Done(Verdict::Drop(DropReason::RewriteFailed)),
+        RevNat::NotNat => {}
     }
     let key = ServiceKey {
         addr: mapped(ip.daddr),
@@ -86,64 +120,115 @@ pub fn from_pod(ctx: &TcContext, ip: &mut Ipv4Hdr, l4: &mut L4, ingress_ifindex:
     };
     let now = now_ns();
     let fkey = flow(ip, l4);
+    let ct = match pick(ip, l4, &svc, &fkey, now) {
+        Pick::Backend(ct) => ct,
+        Pick::NoBackend => return Lb::Done(reject(ctx, ip, l4, ingress_ifindex)),
+        Pick::Missing => return Lb::Done(Verdict::Drop(DropReason::BackendMissing)),
+    };
+    remember_reply(
+        &fkey,
+        &ct.backend,
+        fkey.dst,
+        fkey.dport_be,
+        None,
+        svc.id,
+        now,
+    );
+    if dnat(ctx, ip, l4, &ct.backend).is_err() {
+        return Lb::Done(Verdict::Drop(DropReason::RewriteFailed));
+    }
+    Lb::Continue
+}
+
+/// The flow's backend: its conntrack entry when it has one for this
+/// service, else a new choice (recorded). Refreshes the entry's clock and
+/// closing state.
+#[inline(always)]
+pub fn pick(ip: &Ipv4Hdr, l4: &L4, svc: &Service, fkey: &FlowKey, now: u64) -> Pick {
     let closing = l4.tcp_flags & (TCP_FIN | TCP_RST) != 0;
-    let backend = match CONNTRACK.get_ptr_mut(&fkey) {
+    if let Some(ct) = CONNTRACK.get_ptr_mut(fkey) {
         // SAFETY: the pointer is valid until the program returns; a racing
         // writer can at worst make last_seen a little stale.
-        Some(ct) if unsafe { (*ct).service_id } == svc.id => unsafe {
-            (*ct).last_seen_ns = now;
-            if closing {
-                (*ct).flags |= CT_F_CLOSING;
-            } else if l4.tcp_flags & TCP_SYN != 0 {
-                // A new connection reusing the tuple.
-                (*ct).flags &= !CT_F_CLOSING;
+        unsafe {
+            if (*ct).service_id == svc.id {
+                (*ct).last_seen_ns = now;
+                if closing {
+                    (*ct).flags |= CT_F_CLOSING;
+                } else if l4.tcp_flags & TCP_SYN != 0 {
+                    // A new connection reusing the tuple.
+                    (*ct).flags &= !CT_F_CLOSING;
+                }
+                return Pick::Backend(*ct);
             }
-            (*ct).backend
-        },
-        _ => {
-            if svc.backend_count == 0 {
-                return Lb::Done(reject(ctx, ip, l4, ingress_ifindex));
-            }
-            let Some(backend) = choose(
-                ip,
-                svc.id,
-                svc.backend_count,
-                svc.flags,
-                svc.affinity_timeout_s,
-                now,
-            ) else {
-                return Lb::Done(Verdict::Drop(DropReason::BackendMissing));
-            };
-            let ct = CtEntry {
-                backend,
-                service_id: svc.id,
-                flags: if closing { CT_F_CLOSING } else { 0 },
-                last_seen_ns: now,
-            };
-            let _ = CONNTRACK.insert(&fkey, &ct, BPF_ANY);
-            backend
         }
+    }
+    if svc.backend_count == 0 {
+        return Pick::NoBackend;
+    }
+    let Some(backend) = choose(
+        ip,
+        svc.id,
+        svc.backend_count,
+        svc.flags,
+        svc.affinity_timeout_s,
+        now,
+    ) else {
+        return Pick::Missing;
     };
-    // The reply (backend -> client) is turned back into frontend -> client.
+    let ct = CtEntry {
+        backend,
+        service_id: svc.id,
+        flags: if closing { CT_F_CLOSING } else { 0 },
+        snat_port_be: 0,
+        last_seen_ns: now,
+    };
+    let _ = CONNTRACK.insert(fkey, &ct, BPF_ANY);
+    Pick::Backend(ct)
+}
+
+/// Records how to restore a reply of `client_flow` sent to `backend`: the
+/// reply's source becomes `front:front_port` again and, when the client was
+/// SNATed to `snat` = (node address, port), its destination the client.
+#[inline(always)]
+pub fn remember_reply(
+    client_flow: &FlowKey,
+    backend: &Backend,
+    front: [u8; 16],
+    front_port_be: u16,
+    snat: Option<([u8; 16], u16)>,
+    service_id: u32,
+    now: u64,
+) {
+    let (reply_dst, reply_dport, flags) = match snat {
+        Some((addr, port)) => (addr, port, REVNAT_F_RESTORE_DST),
+        None => (client_flow.src, client_flow.sport_be, 0),
+    };
     let reply = FlowKey {
         src: backend.addr,
-        dst: fkey.src,
+        dst: reply_dst,
         sport_be: backend.port_be,
-        dport_be: fkey.sport_be,
-        proto: fkey.proto,
+        dport_be: reply_dport,
+        proto: client_flow.proto,
         _pad: [0; 3],
     };
     let rev = RevNatEntry {
-        vip: fkey.dst,
-        vport_be: fkey.dport_be,
-        _pad: [0; 2],
-        service_id: svc.id,
+        vip: front,
+        orig_dst: client_flow.src,
+        vport_be: front_port_be,
+        orig_dport_be: client_flow.sport_be,
+        flags,
+        service_id,
+        _pad: 0,
         last_seen_ns: now,
     };
     let _ = REVNAT.insert(&reply, &rev, BPF_ANY);
+}
 
+/// Rewrites the destination to the backend.
+#[inline(always)]
+pub fn dnat(ctx: &TcContext, ip: &mut Ipv4Hdr, l4: &mut L4, backend: &Backend) -> Result<(), i64> {
     let new_addr = v4_of(&backend.addr);
-    if rewrite(
+    rewrite(
         ctx,
         l4,
         IPV4_DADDR_OFF,
@@ -152,44 +237,102 @@ pub fn from_pod(ctx: &TcContext, ip: &mut Ipv4Hdr, l4: &mut L4, ingress_ifindex:
         new_addr,
         l4.dport_be,
         backend.port_be,
-    )
-    .is_err()
-    {
-        return Lb::Done(Verdict::Drop(DropReason::RewriteFailed));
-    }
+    )?;
     ip.daddr = new_addr;
     l4.dport_be = backend.port_be;
-    Lb::Continue
+    Ok(())
 }
 
-/// Restores the frontend as the source of a reply of a NATed flow. Returns
-/// a verdict only when the rewrite failed.
+/// Rewrites the source to `addr:port_be`.
 #[inline(always)]
-pub fn rev_nat(ctx: &TcContext, ip: &mut Ipv4Hdr, l4: &mut L4) -> Option<Lb> {
-    let key = flow(ip, l4);
-    let entry = REVNAT.get_ptr_mut(&key)?;
-    // SAFETY: valid until the program returns.
-    let (vip, vport) = unsafe {
-        (*entry).last_seen_ns = now_ns();
-        ((*entry).vip, (*entry).vport_be)
-    };
-    let new_addr = v4_of(&vip);
-    if rewrite(
+pub fn snat(
+    ctx: &TcContext,
+    ip: &mut Ipv4Hdr,
+    l4: &mut L4,
+    addr: [u8; 4],
+    port_be: u16,
+) -> Result<(), i64> {
+    rewrite(
         ctx,
         l4,
         IPV4_SADDR_OFF,
         l4.off,
         ip.saddr,
-        new_addr,
+        addr,
         l4.sport_be,
-        vport,
-    )
-    .is_err()
-    {
-        return Some(Lb::Done(Verdict::Drop(DropReason::RewriteFailed)));
+        port_be,
+    )?;
+    ip.saddr = addr;
+    l4.sport_be = port_be;
+    Ok(())
+}
+
+/// Restores the frontend as the source of a reply of a NATed flow, and the
+/// client as its destination when the flow was SNATed.
+#[inline(always)]
+pub fn rev_nat(ctx: &TcContext, ip: &mut Ipv4Hdr, l4: &mut L4) -> RevNat {
+    let key = flow(ip, l4);
+    let Some(entry) = REVNAT.get_ptr_mut(&key) else {
+        return RevNat::NotNat;
+    };
+    // SAFETY: valid until the program returns.
+    let e = unsafe {
+        (*entry).last_seen_ns = now_ns();
+        *entry
+    };
+    if e.flags & REVNAT_F_RESTORE_DST != 0 {
+        let client = v4_of(&e.orig_dst);
+        if rewrite(
+            ctx,
+            l4,
+            IPV4_DADDR_OFF,
+            l4.off + 2,
+            ip.daddr,
+            client,
+            l4.dport_be,
+            e.orig_dport_be,
+        )
+        .is_err()
+        {
+            return RevNat::Failed;
+        }
+        ip.daddr = client;
+        l4.dport_be = e.orig_dport_be;
     }
-    ip.saddr = new_addr;
-    l4.sport_be = vport;
+    if snat(ctx, ip, l4, v4_of(&e.vip), e.vport_be).is_err() {
+        return RevNat::Failed;
+    }
+    RevNat::Restored
+}
+
+/// A free source port for SNATing `client_flow` to `node:port` towards
+/// `backend`: the client's own port when no other flow holds it, else a
+/// random one from the ephemeral range. `None` when every try collided.
+#[inline(always)]
+pub fn snat_port(client_flow: &FlowKey, backend: &Backend, node: [u8; 16]) -> Option<u16> {
+    let mut port_be = client_flow.sport_be;
+    for _ in 0..4 {
+        let reply = FlowKey {
+            src: backend.addr,
+            dst: node,
+            sport_be: backend.port_be,
+            dport_be: port_be,
+            proto: client_flow.proto,
+            _pad: [0; 3],
+        };
+        // SAFETY: copied out at once.
+        match unsafe { REVNAT.get(&reply) }.copied() {
+            None => return Some(port_be),
+            Some(e) if e.orig_dst == client_flow.src && e.orig_dport_be == client_flow.sport_be => {
+                return Some(port_be);
+            }
+            Some(_) => {
+                // SAFETY: a helper without arguments.
+                let r = unsafe { bpf_get_prandom_u32() } % 28_000;
+                port_be = (32_768u16 + r as u16).to_be();
+            }
+        }
+    }
     None
 }
 
@@ -349,7 +492,7 @@ struct TcpPseudo {
 /// due, which the packet's shape may not allow, so they are dropped and
 /// counted. The reply is sent back into the client pod.
 #[inline(always)]
-fn reject(ctx: &TcContext, ip: &Ipv4Hdr, l4: &L4, ingress_ifindex: u32) -> Verdict {
+pub fn reject(ctx: &TcContext, ip: &Ipv4Hdr, l4: &L4, ingress_ifindex: u32) -> Verdict {
     if l4.proto != IPPROTO_TCP || l4.tcp_flags & TCP_RST != 0 || ihl_bytes(ip) != 20 {
         return Verdict::Drop(DropReason::NoBackend);
     }

@@ -15,6 +15,7 @@ mod endpoints;
 mod forward;
 mod lb;
 mod maps;
+mod netdev;
 mod parse;
 
 use aya_ebpf::{
@@ -58,6 +59,13 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
     let verdict = endpoints::try_to_pod(&ctx);
+    action(&ctx, verdict)
+}
+
+/// TC ingress of the node's uplink: NodePort traffic from outside.
+#[classifier]
+pub fn from_netdev(ctx: TcContext) -> i32 {
+    let verdict = netdev::try_from_netdev(&ctx);
     action(&ctx, verdict)
 }
 
