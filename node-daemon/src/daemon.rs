@@ -19,7 +19,7 @@ use weir_datapath::{PinLayout, bpffs, loader, node_info::NodeInfo, object};
 
 use crate::{
     http::{self, HttpState},
-    hygiene,
+    hygiene, masquerade,
     metrics::Stats,
     nodes::{NodeSet, desired_remotes},
     reconcile::Reconciler,
@@ -48,6 +48,8 @@ pub struct RunConfig {
     pub source: NodeSource,
     pub resync: Duration,
     pub hygiene_interval: Duration,
+    /// Install (and keep) the masquerade rule.
+    pub masquerade: bool,
 }
 
 pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
@@ -80,6 +82,9 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     };
 
     run_hygiene(&cfg, &stats).await;
+    if cfg.masquerade {
+        ensure_masquerade(&stats, true).await;
+    }
 
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -150,6 +155,30 @@ async fn run_hygiene(cfg: &RunConfig, stats: &Arc<Stats>) {
     }
 }
 
+/// Installs the masquerade rule (always when `force`, else only when weir's
+/// table is missing). Failures are logged and counted, and retried at the
+/// next resync.
+#[instrument(skip(stats))]
+async fn ensure_masquerade(stats: &Arc<Stats>, force: bool) {
+    let result = tokio::task::spawn_blocking(move || {
+        if force || !masquerade::present()? {
+            masquerade::install().map(|()| true)
+        } else {
+            Ok(false)
+        }
+    })
+    .await;
+    match result {
+        Ok(Ok(true)) => info!(table = masquerade::TABLE, "masquerade rule installed"),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => {
+            warn!(error = %e, "installing the masquerade rule");
+            stats.reconcile_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => warn!(error = %e, "masquerade task"),
+    }
+}
+
 async fn reconcile_loop(
     cfg: &RunConfig,
     mtu: u32,
@@ -161,6 +190,7 @@ async fn reconcile_loop(
     let mut shutdown = std::pin::pin!(shutdown);
     let mut tick = tokio::time::interval(cfg.resync);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate
     let mut source_alive = true;
     let mut last_problems = Vec::new();
     loop {
@@ -172,7 +202,11 @@ async fn reconcile_loop(
                     source_alive = false;
                 }
             }
-            _ = tick.tick() => {}
+            _ = tick.tick() => {
+                if cfg.masquerade {
+                    ensure_masquerade(stats, false).await;
+                }
+            }
         }
         let Some(set) = rx.borrow_and_update().clone() else {
             continue;

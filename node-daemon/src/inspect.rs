@@ -257,6 +257,8 @@ pub struct Status {
     pub endpoints: Option<usize>,
     pub remote_pod_cidrs: Option<usize>,
     pub node_info: Option<NodeInfo>,
+    /// Whether weir's masquerade table is installed (`None`: nft missing).
+    pub masquerade: Option<bool>,
     /// Problems found while gathering the status.
     pub errors: Vec<String>,
 }
@@ -323,6 +325,7 @@ pub fn status(layout: &PinLayout, node_json: &Path) -> Status {
         endpoints,
         remote_pod_cidrs,
         node_info,
+        masquerade: crate::masquerade::present().ok(),
         errors,
     }
 }
@@ -389,6 +392,15 @@ pub fn render_status(s: &Status, output: Output) -> Result<String> {
         }
         None => rows.push(vec!["Node info".into(), "-".into()]),
     }
+    rows.push(vec![
+        "Masquerade rule".into(),
+        match s.masquerade {
+            Some(true) => "installed",
+            Some(false) => "absent",
+            None => "unknown (nft not available)",
+        }
+        .into(),
+    ]);
     for e in &s.errors {
         rows.push(vec!["Error".into(), e.clone()]);
     }

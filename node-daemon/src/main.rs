@@ -8,6 +8,7 @@ mod daemon;
 mod http;
 mod hygiene;
 mod inspect;
+mod masquerade;
 mod metrics;
 mod nodes;
 mod reconcile;
@@ -100,6 +101,10 @@ struct RunArgs {
     /// Seconds between endpoint hygiene sweeps (one also runs at start).
     #[arg(long, env = "WEIR_HYGIENE_SECONDS", default_value_t = 60)]
     hygiene_seconds: u64,
+    /// Do not install the nftables masquerade rule for traffic leaving the
+    /// cluster (when something else masquerades pod traffic).
+    #[arg(long, env = "WEIR_NO_MASQUERADE")]
+    no_masquerade: bool,
 }
 
 #[derive(Subcommand)]
@@ -205,6 +210,7 @@ fn run(paths: Paths, layout: PinLayout, args: RunArgs) -> Result<()> {
         source,
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         hygiene_interval: Duration::from_secs(args.hygiene_seconds.max(1)),
+        masquerade: !args.no_masquerade,
     };
     runtime()?.block_on(daemon::run(cfg, shutdown_signal()))
 }
@@ -228,6 +234,14 @@ async fn shutdown_signal() {
 
 fn uninstall(paths: &Paths, layout: &PinLayout) -> Result<()> {
     loader::unpin_all(layout).context("removing pins")?;
+    match masquerade::remove() {
+        Ok(_) => {}
+        // No nft on this node: weir could not have installed the rule.
+        Err(masquerade::MasqueradeError::Spawn(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!("nft is not installed; no masquerade rule to remove");
+        }
+        Err(e) => return Err(e).context("removing the masquerade rule"),
+    }
     let removed = runtime()?.block_on(async {
         let routes = routes::Routes::connect()?;
         routes.remove_all().await

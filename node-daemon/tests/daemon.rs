@@ -6,7 +6,7 @@ mod common;
 use std::{fs, net::IpAddr, path::Path};
 
 use common::{Node, pairs};
-use weir_common::{ENDPOINT_F_READY, Endpoint};
+use weir_common::{DropKey, DropReason, ENDPOINT_F_READY, Endpoint, Traffic};
 use weir_datapath::{endpoint_info::EndpointInfo, maps::EndpointMap, node_info::NodeInfo};
 
 fn metric(body: &str, line_prefix: &str) -> Option<String> {
@@ -51,6 +51,14 @@ fn yaml_nodes_become_map_entries_and_routes_and_follow_the_directory() {
     assert_eq!(info.mtu, 1450);
     assert_eq!(info.abi_version, weir_common::ABI_VERSION);
     assert_eq!(info.pin_root, node.layout.root());
+
+    // The one masquerade rule, matching the datapath's mark.
+    let table = daemon.until(10, "the masquerade table", || node.ns.weir_nft_table());
+    assert!(
+        table.contains("meta mark & 0x00ff0000 == 0x00570000") && table.contains("masquerade"),
+        "{table}"
+    );
+    assert_eq!(table.matches("masquerade comment").count(), 1, "{table}");
 
     // Health, readiness and metrics.
     assert_eq!(node.ns.http_get("/healthz").map(|r| r.0), Some(200));
@@ -184,12 +192,15 @@ fn uninstall_removes_pins_routes_and_node_info_and_is_idempotent() {
     daemon.until(20, "remote node", || {
         (node.ns.weir_routes() == want && node.node_json().exists()).then_some(())
     });
+    daemon.until(10, "the masquerade table", || node.ns.weir_nft_table());
     assert!(daemon.terminate());
+    assert!(node.ns.weir_nft_table().is_some(), "SIGTERM keeps the rule");
 
     node.weir_ok(&["uninstall"]);
     assert!(!node.layout.root().exists(), "pins removed");
     assert!(node.ns.weir_routes().is_empty(), "weir's routes removed");
     assert!(!node.node_json().exists(), "node.json removed");
+    assert_eq!(node.ns.weir_nft_table(), None, "masquerade table removed");
     assert!(
         node.ns
             .ip(&["route", "show", "198.51.100.0/24"])
@@ -293,4 +304,145 @@ fn stale_endpoints_are_removed_at_start_and_counted() {
     assert_eq!(rows[0]["interface"], "up1");
     assert_eq!(rows[0]["pod"], "default/pod-up1");
     assert_eq!(rows[0]["mac"], "02:00:00:00:00:01");
+}
+
+/// Writes one endpoint's per-CPU counters (all on the first CPU) the way the
+/// datapath would.
+fn seed_counters(layout: &weir_datapath::PinLayout, ifindex: u32, traffic: Traffic, drops: u64) {
+    use aya::maps::{Map, MapData, PerCpuHashMap, PerCpuValues};
+    let cpus = aya::util::nr_cpus().unwrap();
+    let open =
+        |name: &str| Map::from_map_data(MapData::from_pin(layout.map(name)).unwrap()).unwrap();
+    let mut t: PerCpuHashMap<MapData, u32, Traffic> =
+        open(weir_common::map_names::TRAFFIC).try_into().unwrap();
+    let mut values = vec![Traffic::default(); cpus];
+    values[0] = traffic;
+    t.insert(ifindex, PerCpuValues::try_from(values).unwrap(), 0)
+        .unwrap();
+    let mut d: PerCpuHashMap<MapData, DropKey, u64> =
+        open(weir_common::map_names::DROPS).try_into().unwrap();
+    let mut values = vec![0u64; cpus];
+    values[0] = drops;
+    let key = DropKey {
+        ifindex,
+        reason: DropReason::SpoofedIp as u32,
+    };
+    d.insert(key, PerCpuValues::try_from(values).unwrap(), 0)
+        .unwrap();
+}
+
+#[test]
+fn counters_are_labelled_by_pod_and_hygiene_follows_interfaces_that_go_away() {
+    let node = Node::new();
+    node.write_node("a.yaml", "node-a", &["10.244.0.0/24"], &["192.0.2.1"]);
+    node.weir_ok(&["load"]);
+    // A stand-in for a pod's host-side veth.
+    node.ns.ip(&[
+        "link", "add", "wrt0", "type", "veth", "peer", "name", "wrt0p",
+    ]);
+    let ifindex = node.ns.ifindex("wrt0");
+    let ip: IpAddr = "10.244.0.7".parse().unwrap();
+    EndpointMap::open(&node.layout)
+        .unwrap()
+        .upsert(
+            ip,
+            Endpoint {
+                ifindex,
+                flags: ENDPOINT_F_READY,
+                mac: [2, 0, 0, 0, 0, 7],
+                host_mac: [2, 0, 0, 0, 0, 8],
+            },
+        )
+        .unwrap();
+    EndpointInfo {
+        container_id: "ctr-web".into(),
+        ifname: "eth0".into(),
+        host_ifname: "wrt0".into(),
+        host_ifindex: ifindex,
+        netns: "/run/netns/none".into(),
+        ips: vec![ip],
+        mac: "02:00:00:00:00:07".into(),
+        pod_namespace: Some("shop".into()),
+        pod_name: Some("web-0".into()),
+    }
+    .write(&node.endpoints_dir())
+    .unwrap();
+    seed_counters(
+        &node.layout,
+        ifindex,
+        Traffic {
+            from_pod_packets: 11,
+            from_pod_bytes: 1100,
+            to_pod_packets: 22,
+            to_pod_bytes: 2200,
+        },
+        3,
+    );
+
+    let json = node.weir_ok(&["bpf", "counters", "list", "-o", "json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!(rows.len(), 1, "{json}");
+    assert_eq!(rows[0]["pod"], "shop/web-0");
+    assert_eq!(rows[0]["interface"], "wrt0");
+    assert_eq!(rows[0]["fromPodPackets"], 11);
+    assert_eq!(rows[0]["toPodBytes"], 2200);
+    assert_eq!(rows[0]["drops"]["spoofed_ip"], 3);
+    let table = node.weir_ok(&["bpf", "counters", "list"]);
+    assert!(table.contains("spoofed_ip=3"), "{table}");
+
+    let daemon = node.start("node-a", &node.nodes_dir());
+    let body = daemon
+        .until(10, "metrics", || node.ns.http_get("/metrics"))
+        .1;
+    let labels =
+        format!("namespace=\"shop\",pod=\"web-0\",interface=\"wrt0\",ifindex=\"{ifindex}\"");
+    for (series, value) in [
+        (
+            format!("weir_endpoint_packets_total{{{labels},direction=\"from_pod\"}}"),
+            "11",
+        ),
+        (
+            format!("weir_endpoint_packets_total{{{labels},direction=\"to_pod\"}}"),
+            "22",
+        ),
+        (
+            format!("weir_endpoint_bytes_total{{{labels},direction=\"from_pod\"}}"),
+            "1100",
+        ),
+        (
+            format!("weir_endpoint_bytes_total{{{labels},direction=\"to_pod\"}}"),
+            "2200",
+        ),
+        (
+            format!("weir_drops_total{{{labels},reason=\"spoofed_ip\"}}"),
+            "3",
+        ),
+    ] {
+        assert_eq!(
+            metric(&body, &format!("{series} ")).as_deref(),
+            Some(value),
+            "{series} in\n{body}"
+        );
+    }
+    assert_eq!(
+        metric(&body, "weir_stale_endpoints_removed_total").as_deref(),
+        Some("0")
+    );
+
+    // The pod's interface disappears without a CNI DEL: the periodic sweep
+    // removes its entry, record and counters.
+    node.ns.ip(&["link", "del", "wrt0"]);
+    daemon.until(20, "the periodic sweep", || {
+        let map = EndpointMap::open(&node.layout).ok()?;
+        (map.get(ip).ok()?.is_none()).then_some(())
+    });
+    assert!(!node.endpoints_dir().join("wrt0.json").exists());
+    let json = node.weir_ok(&["bpf", "counters", "list", "-o", "json"]);
+    assert_eq!(json.trim(), "[]");
+    let body = node.ns.http_get("/metrics").unwrap().1;
+    assert_eq!(
+        metric(&body, "weir_stale_endpoints_removed_total").as_deref(),
+        Some("1")
+    );
+    assert!(!body.contains("pod=\"web-0\""), "{body}");
 }

@@ -102,6 +102,18 @@ impl Netns {
         out
     }
 
+    /// `nft list table inet weir` in the namespace, if the table exists.
+    pub fn weir_nft_table(&self) -> Option<String> {
+        let out = self
+            .command("nft")
+            .args(["list", "table", "inet", "weir"])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     pub fn ifindex(&self, name: &str) -> u32 {
         let json = self.ip(&["-j", "link", "show", name]);
         let v: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
