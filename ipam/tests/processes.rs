@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::{Rng, assert_sound, entries, range, tempdir};
+use common::{Rng, assert_no_duplicate, assert_sound, entries, range, tempdir};
 use weir_ipam::{Ipam, Key, Pool, RangeConfig};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_weir-ipam-stress");
@@ -210,4 +210,82 @@ fn kill_9_at_random_instants_leaves_a_sound_state() {
         "{kills} kills in {:?}; {interrupted} rounds interrupted an operation; {repaired} keys finished or undone",
         started.elapsed()
     );
+}
+
+#[test]
+fn kill_9_during_gc_never_frees_a_valid_key() {
+    const ROUNDS: u32 = 25;
+    const KEYS: u32 = 300;
+    let tmp = tempdir();
+    let state = tmp.path().join("state");
+    let ranges = ranges("10.40.0.0/22", "fd40::/118");
+    let pool = Pool::from_config(&ranges).unwrap();
+    let mut rng = Rng::from_env("kill_9_during_gc_never_frees_a_valid_key");
+    let cli = env!("CARGO_BIN_EXE_weir-ipam");
+    let labels = Default::default();
+    let mut midway = 0;
+    for round in 0..ROUNDS {
+        let ipam = Ipam::open(&state, pool.clone()).unwrap();
+        let keys: Vec<Key> = (0..KEYS)
+            .map(|i| Key::new(format!("r{round}-{i}"), "eth0"))
+            .collect();
+        for k in &keys {
+            ipam.allocate(k, &labels).unwrap();
+        }
+        let before = ipam.list().unwrap();
+        // Keep every third key of this round; everything else goes.
+        let keep: Vec<&Key> = keys.iter().step_by(3).collect();
+        let mut child = Command::new(cli)
+            .arg("--dir")
+            .arg(&state)
+            .arg("gc")
+            .args(
+                keep.iter()
+                    .flat_map(|k| ["--keep".to_string(), k.to_string()]),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Most of a gc process's life is starting and reading the state:
+        // wait until it frees its first address, then kill it at a random
+        // instant of the freeing.
+        let held = entries(&state.join("ips")).len();
+        while child.try_wait().unwrap().is_none() && entries(&state.join("ips")).len() == held {
+            sleep(Duration::from_micros(20));
+        }
+        sleep(Duration::from_micros(rng.below(4_000)));
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if status.signal() != Some(9) {
+            assert!(status.success(), "gc: {status}: {}", stderr_of(&mut child));
+        }
+
+        let report = ipam.check().unwrap();
+        assert!(report.is_clean(), "round {round}: {report:?}");
+        // A key gc was freeing may hold one address of two.
+        let after = ipam.list().unwrap();
+        assert_no_duplicate(&pool, &after);
+        let count =
+            |list: &[weir_ipam::Allocation]| list.iter().map(|a| a.ips.len()).sum::<usize>();
+        let freed = count(&before) - count(&after);
+        midway += usize::from(freed > 0 && freed < 2 * (keys.len() - keep.len()));
+        for k in &keep {
+            let was = before.iter().find(|a| &a.key == *k).unwrap();
+            assert_eq!(
+                ipam.get(k).unwrap().as_ref(),
+                Some(was),
+                "gc freed valid {k}"
+            );
+        }
+        // Finishing the job leaves exactly the kept keys.
+        let keep: Vec<Key> = keep.into_iter().cloned().collect();
+        ipam.gc(&keep).unwrap();
+        let left: BTreeSet<Key> = ipam.list().unwrap().into_iter().map(|a| a.key).collect();
+        assert_eq!(left, keep.into_iter().collect());
+        assert_eq!(ipam.check().unwrap(), Default::default());
+        ipam.gc(&[]).unwrap();
+    }
+    eprintln!("{midway} of {ROUNDS} gc runs killed while freeing");
+    assert!(midway > 0, "no kill landed in the middle of a gc");
 }

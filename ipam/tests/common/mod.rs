@@ -58,6 +58,23 @@ pub fn assert_sound(pool: &Pool, list: &[Allocation]) -> BTreeSet<IpAddr> {
     seen
 }
 
+/// Like [`assert_sound`], for a state where a killed operation may have
+/// left a key holding fewer addresses than there are sets.
+pub fn assert_no_duplicate(pool: &Pool, list: &[Allocation]) {
+    let mut seen = BTreeSet::new();
+    for a in list {
+        for x in &a.ips {
+            let ip = x.address.ip();
+            assert!(seen.insert(ip), "{ip} held twice: {list:?}");
+            assert!(
+                pool.set_of(ip).is_some(),
+                "{ip} of {} is outside the pool",
+                a.key
+            );
+        }
+    }
+}
+
 /// Entries of a directory, hidden ones included.
 pub fn entries(dir: &Path) -> Vec<String> {
     let mut out: Vec<String> = std::fs::read_dir(dir)
