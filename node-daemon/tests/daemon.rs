@@ -446,3 +446,45 @@ fn counters_are_labelled_by_pod_and_hygiene_follows_interfaces_that_go_away() {
     );
     assert!(!body.contains("pod=\"web-0\""), "{body}");
 }
+
+#[test]
+fn dual_stack_nodes_get_a_route_per_family() {
+    let node = Node::new();
+    node.ns
+        .ip(&["-6", "addr", "add", "2001:db8::1/64", "dev", "up0", "nodad"]);
+    node.write_node(
+        "a.yaml",
+        "node-a",
+        &["10.244.0.0/24", "fd00:10:244::/64"],
+        &["192.0.2.1", "2001:db8::1"],
+    );
+    node.write_node(
+        "b.yaml",
+        "node-b",
+        &["10.244.1.0/24", "fd00:10:244:1::/64"],
+        &["2001:db8::2", "192.0.2.2"],
+    );
+    let daemon = node.start("node-a", &node.nodes_dir());
+    let want = pairs(&[
+        ("10.244.1.0/24", "192.0.2.2"),
+        ("fd00:10:244:1::/64", "2001:db8::2"),
+    ]);
+    daemon.until(20, "both families", || {
+        (node.nodes_map().as_ref() == Some(&want) && node.ns.weir_routes() == want).then_some(())
+    });
+    let info = NodeInfo::read(&node.node_json()).unwrap();
+    assert_eq!(
+        info.pod_cidrs,
+        vec![
+            "10.244.0.0/24".parse().unwrap(),
+            "fd00:10:244::/64".parse().unwrap()
+        ]
+    );
+
+    // node-b drops its IPv6 CIDR: only that route and entry go.
+    node.write_node("b.yaml", "node-b", &["10.244.1.0/24"], &["192.0.2.2"]);
+    let want = pairs(&[("10.244.1.0/24", "192.0.2.2")]);
+    daemon.until(20, "the IPv6 entry removed", || {
+        (node.nodes_map().as_ref() == Some(&want) && node.ns.weir_routes() == want).then_some(())
+    });
+}
