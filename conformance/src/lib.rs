@@ -10,6 +10,7 @@
 pub mod cni;
 pub mod netns;
 pub mod node;
+pub mod suite;
 
 use std::io::Read;
 
