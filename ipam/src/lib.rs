@@ -503,3 +503,36 @@ impl<S: Store> Ipam<S> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Two different keys never share a record file, and no key's file
+        /// name is hidden or a path. The small alphabet makes look-alike
+        /// keys (`a+` / `a%2B`) common.
+        #[test]
+        fn file_stems_are_injective_and_safe(
+            a in ("[a+%.2B/]{0,4}", "[a+%.2B/]{0,3}"),
+            b in ("[a+%.2B/]{0,4}", "[a+%.2B/]{0,3}"),
+            c in ("\\PC{0,12}", "\\PC{0,6}"),
+        ) {
+            let kc = Key::new(c.0, c.1);
+            prop_assert!(kc.file_stem().bytes().all(|x| x.is_ascii_graphic() && x != b'/'));
+            let (ka, kb) = (Key::new(a.0, a.1), Key::new(b.0, b.1));
+            let (sa, sb) = (ka.file_stem(), kb.file_stem());
+            prop_assert_eq!(ka == kb, sa == sb);
+            prop_assert!(!sa.starts_with('.') && !sa.contains('/'));
+            prop_assert!(sa.bytes().all(|c| c.is_ascii_graphic()));
+        }
+    }
+
+    #[test]
+    fn file_stems_keep_plain_keys_readable() {
+        let stem = Key::new("8f1c0e2a_b-c", "eth0").file_stem();
+        assert_eq!(stem, "8f1c0e2a_b-c+eth0");
+        assert_eq!(Key::new("a+b", "c.d").file_stem(), "a%2Bb+c%2Ed");
+    }
+}

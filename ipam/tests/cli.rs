@@ -104,6 +104,24 @@ fn list_show_release_gc_check_status() {
     assert_eq!(status["sets"][0]["capacity"], 6);
     assert_eq!(status["sets"][1]["allocated"], 1);
 
+    // Capacities beyond 64 bits print exactly.
+    let huge = stdout(&cli(
+        &dir,
+        &[
+            "--cidr",
+            "10.5.0.0/29",
+            "--cidr",
+            "fd05::/48",
+            "status",
+            "-o",
+            "json",
+        ],
+    ));
+    assert!(
+        huge.contains("\"capacity\": 1208925819614629174706175"),
+        "{huge}"
+    );
+
     let missing = cli(&tmp.path().join("absent"), &["list"]);
     assert!(!missing.status.success());
     assert!(
