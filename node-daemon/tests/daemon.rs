@@ -36,10 +36,10 @@ fn yaml_nodes_become_map_entries_and_routes_and_follow_the_directory() {
         ("10.244.1.0/24", "192.0.2.2"),
         ("10.244.2.0/24", "192.0.2.3"),
     ]);
-    daemon.until(20, "NODES entries", || {
+    daemon.until(60, "NODES entries", || {
         (node.nodes_map().as_ref() == Some(&want)).then_some(())
     });
-    daemon.until(10, "node routes", || {
+    daemon.until(30, "node routes", || {
         (node.ns.weir_routes() == want).then_some(())
     });
 
@@ -53,7 +53,7 @@ fn yaml_nodes_become_map_entries_and_routes_and_follow_the_directory() {
     assert_eq!(info.pin_root, node.layout.root());
 
     // The one masquerade rule, matching the datapath's mark.
-    let table = daemon.until(10, "the masquerade table", || node.ns.weir_nft_table());
+    let table = daemon.until(30, "the masquerade table", || node.ns.weir_nft_table());
     assert!(
         table.contains("meta mark & 0x00ff0000 == 0x00570000") && table.contains("masquerade"),
         "{table}"
@@ -62,7 +62,7 @@ fn yaml_nodes_become_map_entries_and_routes_and_follow_the_directory() {
 
     // Health, readiness and metrics.
     assert_eq!(node.ns.http_get("/healthz").map(|r| r.0), Some(200));
-    daemon.until(10, "readyz 200", || {
+    daemon.until(30, "readyz 200", || {
         (node.ns.http_get("/readyz")?.0 == 200).then_some(())
     });
     let (status, body) = node.ns.http_get("/metrics").expect("metrics answer");
@@ -89,7 +89,7 @@ fn yaml_nodes_become_map_entries_and_routes_and_follow_the_directory() {
     )
     .unwrap();
     let want = pairs(&[("10.244.1.0/24", "192.0.2.22")]);
-    daemon.until(20, "node-c removed and node-b moved", || {
+    daemon.until(60, "node-c removed and node-b moved", || {
         (node.nodes_map().as_ref() == Some(&want) && node.ns.weir_routes() == want).then_some(())
     });
 
@@ -99,7 +99,7 @@ fn yaml_nodes_become_map_entries_and_routes_and_follow_the_directory() {
         "kind: Node\nmetadata: {name: [\n",
     )
     .unwrap();
-    daemon.until(10, "the source error to be counted", || {
+    daemon.until(30, "the source error to be counted", || {
         let body = node.ns.http_get("/metrics")?.1;
         (metric(&body, "weir_node_source_errors_total")? != "0").then_some(())
     });
@@ -118,7 +118,7 @@ fn sigterm_leaves_the_datapath_and_a_restart_reconciles_without_flushing() {
         ("10.244.1.0/24", "192.0.2.2"),
         ("10.244.2.0/24", "192.0.2.3"),
     ]);
-    daemon.until(20, "both remotes", || {
+    daemon.until(60, "both remotes", || {
         (node.nodes_map().as_ref() == Some(&both) && node.ns.weir_routes() == both).then_some(())
     });
     let status_before: serde_json::Value =
@@ -149,7 +149,7 @@ fn sigterm_leaves_the_datapath_and_a_restart_reconciles_without_flushing() {
     // Restart on a source that cannot sync: nothing is flushed, not ready.
     let missing = node.tmp.path().join("not-there-yet");
     let daemon = node.start("node-a", &missing);
-    daemon.until(10, "healthz", || {
+    daemon.until(30, "healthz", || {
         (node.ns.http_get("/healthz")?.0 == 200).then_some(())
     });
     std::thread::sleep(std::time::Duration::from_secs(3));
@@ -163,11 +163,11 @@ fn sigterm_leaves_the_datapath_and_a_restart_reconciles_without_flushing() {
         fs::copy(node.nodes_dir().join(f), missing.join(f)).unwrap();
     }
     let only_b = pairs(&[("10.244.1.0/24", "192.0.2.2")]);
-    daemon.until(20, "node-c removed after restart", || {
+    daemon.until(60, "node-c removed after restart", || {
         (node.nodes_map().as_ref() == Some(&only_b) && node.ns.weir_routes() == only_b)
             .then_some(())
     });
-    daemon.until(10, "readyz 200", || {
+    daemon.until(30, "readyz 200", || {
         (node.ns.http_get("/readyz")?.0 == 200).then_some(())
     });
 }
@@ -189,10 +189,10 @@ fn uninstall_removes_pins_routes_and_node_info_and_is_idempotent() {
     ]);
     let mut daemon = node.start("node-a", &node.nodes_dir());
     let want = pairs(&[("10.244.1.0/24", "192.0.2.2")]);
-    daemon.until(20, "remote node", || {
+    daemon.until(60, "remote node", || {
         (node.ns.weir_routes() == want && node.node_json().exists()).then_some(())
     });
-    daemon.until(10, "the masquerade table", || node.ns.weir_nft_table());
+    daemon.until(30, "the masquerade table", || node.ns.weir_nft_table());
     assert!(daemon.terminate());
     assert!(node.ns.weir_nft_table().is_some(), "SIGTERM keeps the rule");
 
@@ -266,7 +266,7 @@ fn stale_endpoints_are_removed_at_start_and_counted() {
     assert!(table.contains("default/pod-wrgone"), "{table}");
 
     let daemon = node.start("node-a", &node.nodes_dir());
-    daemon.until(20, "the stale endpoint removed", || {
+    daemon.until(60, "the stale endpoint removed", || {
         let map = EndpointMap::open(&node.layout).ok()?;
         (map.get(gone).ok()?.is_none()).then_some(())
     });
@@ -281,7 +281,7 @@ fn stale_endpoints_are_removed_at_start_and_counted() {
     assert!(!Path::new(&node.endpoints_dir().join("wrgone.json")).exists());
     assert!(node.endpoints_dir().join("up1.json").exists());
     let body = daemon
-        .until(10, "metrics", || node.ns.http_get("/metrics"))
+        .until(30, "metrics", || node.ns.http_get("/metrics"))
         .1;
     assert_eq!(
         metric(&body, "weir_stale_endpoints_removed_total").as_deref(),
@@ -392,7 +392,7 @@ fn counters_are_labelled_by_pod_and_hygiene_follows_interfaces_that_go_away() {
 
     let daemon = node.start("node-a", &node.nodes_dir());
     let body = daemon
-        .until(10, "metrics", || node.ns.http_get("/metrics"))
+        .until(30, "metrics", || node.ns.http_get("/metrics"))
         .1;
     let labels =
         format!("namespace=\"shop\",pod=\"web-0\",interface=\"wrt0\",ifindex=\"{ifindex}\"");
@@ -432,7 +432,7 @@ fn counters_are_labelled_by_pod_and_hygiene_follows_interfaces_that_go_away() {
     // The pod's interface disappears without a CNI DEL: the periodic sweep
     // removes its entry, record and counters.
     node.ns.ip(&["link", "del", "wrt0"]);
-    daemon.until(20, "the periodic sweep", || {
+    daemon.until(60, "the periodic sweep", || {
         let map = EndpointMap::open(&node.layout).ok()?;
         (map.get(ip).ok()?.is_none()).then_some(())
     });
@@ -469,7 +469,7 @@ fn dual_stack_nodes_get_a_route_per_family() {
         ("10.244.1.0/24", "192.0.2.2"),
         ("fd00:10:244:1::/64", "2001:db8::2"),
     ]);
-    daemon.until(20, "both families", || {
+    daemon.until(60, "both families", || {
         (node.nodes_map().as_ref() == Some(&want) && node.ns.weir_routes() == want).then_some(())
     });
     let info = NodeInfo::read(&node.node_json()).unwrap();
@@ -484,7 +484,7 @@ fn dual_stack_nodes_get_a_route_per_family() {
     // node-b drops its IPv6 CIDR: only that route and entry go.
     node.write_node("b.yaml", "node-b", &["10.244.1.0/24"], &["192.0.2.2"]);
     let want = pairs(&[("10.244.1.0/24", "192.0.2.2")]);
-    daemon.until(20, "the IPv6 entry removed", || {
+    daemon.until(60, "the IPv6 entry removed", || {
         (node.nodes_map().as_ref() == Some(&want) && node.ns.weir_routes() == want).then_some(())
     });
 }

@@ -280,7 +280,7 @@ fn kubernetes_nodes_are_listed_watched_and_resynced_after_410() {
     daemon.until(30, "node-b from the initial list", || {
         (node.nodes_map().as_ref() == Some(&want) && node.ns.weir_routes() == want).then_some(())
     });
-    daemon.until(10, "readyz 200", || {
+    daemon.until(30, "readyz 200", || {
         (node.ns.http_get("/readyz")?.0 == 200).then_some(())
     });
     let info = weir_datapath::node_info::NodeInfo::read(&node.node_json()).unwrap();
@@ -292,13 +292,13 @@ fn kubernetes_nodes_are_listed_watched_and_resynced_after_410() {
         ("10.244.1.0/24", "192.0.2.2"),
         ("10.244.2.0/24", "192.0.2.3"),
     ]);
-    daemon.until(20, "node-c added by a watch event", || {
+    daemon.until(60, "node-c added by a watch event", || {
         (node.nodes_map().as_ref() == Some(&want) && node.ns.weir_routes() == want).then_some(())
     });
     api.delete("node-b");
     api.apply("node-c", "10.244.2.0/24", "192.0.2.33");
     let want = pairs(&[("10.244.2.0/24", "192.0.2.33")]);
-    daemon.until(20, "node-b deleted and node-c moved", || {
+    daemon.until(60, "node-b deleted and node-c moved", || {
         (node.nodes_map().as_ref() == Some(&want) && node.ns.weir_routes() == want).then_some(())
     });
     let (lists_before, _) = api.counts();
@@ -307,7 +307,7 @@ fn kubernetes_nodes_are_listed_watched_and_resynced_after_410() {
     // the source relists, finding a change no event announced.
     api.compact_with_silent_change("node-c", "10.244.2.0/24", "192.0.2.44");
     let want = pairs(&[("10.244.2.0/24", "192.0.2.44")]);
-    daemon.until(40, "the relist after 410", || {
+    daemon.until(90, "the relist after 410", || {
         (node.nodes_map().as_ref() == Some(&want) && node.ns.weir_routes() == want).then_some(())
     });
     let (lists_after, watches) = api.counts();
