@@ -63,6 +63,7 @@ pub fn run(env: &Env, conf: &NetConf) -> Result<Value> {
 
     common::runtime()?.block_on(async {
         let host_nl = Netlink::from_socket(netns::route_socket()?)?;
+        crate::log::mark("prepare");
         if let Some(link) = host_nl.link_by_name(&att.host_ifname).await? {
             return Err(Error::AlreadyExists {
                 host: att.host_ifname.clone(),
@@ -122,14 +123,14 @@ impl Plan<'_> {
         let allocation = self.ipam.allocate(&self.att.key, &labels)?;
         let ips: Vec<IpAddr> = allocation.ips.iter().map(|a| a.address.ip()).collect();
         let has_v6 = ips.iter().any(IpAddr::is_ipv6);
-        step_pause();
+        step_pause("ipam");
 
         undo.push(Undo::Veth);
         self.host_nl
             .create_veth(host, ifname, &self.netns.file, self.mtu)
             .await?;
         let host_link = self.link(self.host_nl, host).await?;
-        step_pause();
+        step_pause("veth");
 
         // The container end, through a socket opened inside the pod.
         let pod_socket = netns::run_in(self.netns, || {
@@ -150,7 +151,7 @@ impl Plan<'_> {
                 .await?;
             pod_nl.add_default_route(pod_link.index, gw).await?;
         }
-        step_pause();
+        step_pause("pod");
 
         // The host end.
         if has_v6 {
@@ -163,12 +164,12 @@ impl Plan<'_> {
                 .add_permanent_neighbour(host_link.index, *ip, pod_link.mac)
                 .await?;
         }
-        step_pause();
+        step_pause("host");
 
         let layout = common::layout(conf);
         undo.push(Undo::Links);
         attach::attach_interface(&layout, host, self.mode)?;
-        step_pause();
+        step_pause("attach");
 
         undo.push(Undo::MapEntries(ips.clone()));
         let mut endpoints = EndpointMap::open(&layout)?;
@@ -183,7 +184,7 @@ impl Plan<'_> {
                 },
             )?;
         }
-        step_pause();
+        step_pause("endpoints");
 
         undo.push(Undo::Record);
         EndpointInfo {
@@ -198,7 +199,7 @@ impl Plan<'_> {
             pod_name: self.env.args.pod_name.clone(),
         }
         .write(&conf.endpoints_dir)?;
-        step_pause();
+        step_pause("record");
 
         let ours = result(self, &host_link, &pod_link, &ips);
         let full = match &conf.prev_result {

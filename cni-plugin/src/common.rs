@@ -85,7 +85,8 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
 /// Test hook: `WEIR_TEST_STEP_DELAY_US` makes ADD pause that long after each
 /// step, so that tests can kill it at chosen points. Unset, it costs one
 /// environment lookup per invocation.
-pub fn step_pause() {
+pub fn step_pause(step: &'static str) {
+    crate::log::mark(step);
     static DELAY: OnceLock<Option<Duration>> = OnceLock::new();
     let delay = DELAY.get_or_init(|| {
         std::env::var("WEIR_TEST_STEP_DELAY_US")

@@ -6,7 +6,8 @@ use std::{
     fs::{self, OpenOptions},
     io::Write,
     path::Path,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    sync::Mutex,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use serde::Serialize;
@@ -37,6 +38,42 @@ pub struct Line<'a> {
     /// Step timings (logLevel debug).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<(&'static str, u128)>,
+}
+
+/// Step timings of this invocation: (step, microseconds since the previous
+/// mark). Logged at logLevel debug.
+static STEPS: Mutex<Steps> = Mutex::new(Steps {
+    last: None,
+    marks: Vec::new(),
+});
+
+struct Steps {
+    last: Option<Instant>,
+    marks: Vec<(&'static str, u128)>,
+}
+
+/// Marks the end of `step`.
+pub fn mark(step: &'static str) {
+    if let Ok(mut s) = STEPS.lock() {
+        let now = Instant::now();
+        let since = s.last.map_or(0, |t| now.duration_since(t).as_micros());
+        s.last = Some(now);
+        s.marks.push((step, since));
+    }
+}
+
+/// Starts the step clock.
+pub fn start() {
+    if let Ok(mut s) = STEPS.lock() {
+        s.last = Some(Instant::now());
+    }
+}
+
+pub fn take_steps() -> Vec<(&'static str, u128)> {
+    STEPS
+        .lock()
+        .map(|mut s| std::mem::take(&mut s.marks))
+        .unwrap_or_default()
 }
 
 pub fn now() -> f64 {

@@ -43,6 +43,7 @@ struct Facts {
 
 fn main() -> ExitCode {
     let started = Instant::now();
+    log::start();
     let mut stdin = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut stdin);
     let raw = RawInvocation::from_process(stdin);
@@ -90,7 +91,11 @@ fn main() -> ExitCode {
                 outcome: if outcome.is_ok() { "ok" } else { "error" },
                 code,
                 msg: msg.as_deref(),
-                steps: Vec::new(),
+                steps: if facts.log_level == Some(LogLevel::Debug) {
+                    log::take_steps()
+                } else {
+                    Vec::new()
+                },
             },
         );
     }

@@ -288,6 +288,7 @@ fn lifecycle(version: &str) -> Result<()> {
         );
     }
     ensure!(lines[0]["verb"] == "ADD" && lines[0]["containerId"] == cid.as_str());
+    eprintln!("{version} ADD: {}", lines[0]);
     Ok(())
 }
 

@@ -1,0 +1,130 @@
+//! weir as the first plugin of a conflist followed by Debian's `portmap`
+//! and `tuning`, run as libcni runs a chain: ADD in order with each result
+//! passed on as prevResult, CHECK with the final result, DEL in reverse.
+//! The node is IPv4-only and CHECK skips portmap: Debian's portmap (1.1.1)
+//! fails CHECK whatever the first plugin is.
+
+use std::path::PathBuf;
+
+use serde_json::json;
+use weir_conformance::{
+    cni::{self, Chain, DEBIAN_PLUGIN_DIR, Invocation},
+    netns::run,
+    node::{NodeOptions, TestNode},
+};
+
+fn nat_rules(node: &TestNode) -> String {
+    let mut cmd = node.netns.command("iptables-save").expect("cmd");
+    cmd.args(["-t", "nat"]);
+    run(&mut cmd).expect("iptables-save")
+}
+
+#[test]
+fn weir_then_portmap_and_tuning() {
+    for plugin in ["portmap", "tuning"] {
+        assert!(
+            PathBuf::from(DEBIAN_PLUGIN_DIR).join(plugin).exists(),
+            "Debian's {plugin} is missing: apt-get install containernetworking-plugins (cargo xtask setup)"
+        );
+    }
+    // IPv4 only: Debian's portmap 1.1.1 CHECKs its IPv6 chain against its
+    // IPv4 rules and fails on every dual-stack pod.
+    let node = TestNode::new(NodeOptions {
+        pod_cidrs: vec!["10.77.0.0/24".parse().expect("cidr")],
+        ..NodeOptions::default()
+    })
+    .expect("node");
+    let pod = node.pod_netns("chain").expect("pod");
+    let netns = pod.path().to_string_lossy().into_owned();
+
+    let mut weir = node.config("1.0.0");
+    let obj = weir.as_object_mut().expect("object");
+    obj.remove("cniVersion");
+    obj.remove("name");
+    let list = json!({
+        "cniVersion": "1.0.0",
+        "name": "weirnet",
+        "plugins": [
+            weir,
+            {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
+            {"type": "tuning", "sysctl": {"net.core.somaxconn": "512"}},
+        ],
+    });
+    let bin = node.bin.clone();
+    let chain = Chain {
+        list,
+        resolve: Box::new(move |kind| {
+            if kind == "weir" {
+                bin.clone()
+            } else {
+                PathBuf::from(DEBIAN_PLUGIN_DIR).join(kind)
+            }
+        }),
+    };
+    let runtime = json!({
+        "portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}],
+    });
+    let cid = node.container_id("chain");
+    let mut base = Invocation::new("ADD", &cid, &netns, "eth0", json!({}));
+    base.args = cni::kubernetes_args("default", "chained", &cid);
+
+    let result = chain
+        .add(&base, &runtime, Some(&node.netns))
+        .expect("ADD chain");
+    // The last plugin's result still carries weir's interfaces and addresses.
+    let ifs = result["interfaces"].as_array().expect("interfaces");
+    assert!(
+        ifs.iter()
+            .any(|i| i["name"] == "eth0" && i["sandbox"] == netns.as_str()),
+        "{result}"
+    );
+    let v4 = result["ips"][0]["address"]
+        .as_str()
+        .expect("address")
+        .to_owned();
+    assert!(v4.starts_with("10.77.0."), "{result}");
+
+    // tuning wrote its sysctl inside the pod, portmap its DNAT on the node.
+    assert_eq!(pod.sysctl("net.core.somaxconn").expect("sysctl"), "512");
+    let nat = nat_rules(&node);
+    assert!(nat.contains("18080"), "portmap DNAT rule: {nat}");
+    let pod_ip = v4.split('/').next().expect("ip");
+    assert!(
+        nat.contains(&format!("{pod_ip}:80")),
+        "DNAT to the pod: {nat}"
+    );
+
+    // CHECK through the chain, less portmap: Debian's portmap 1.1.1 looks
+    // for an IPv6 chain it never made and fails every CHECK.
+    let mut checked = chain.list.clone();
+    checked["plugins"]
+        .as_array_mut()
+        .expect("plugins")
+        .retain(|p| p["type"] != "portmap");
+    let bin = node.bin.clone();
+    let check_chain = Chain {
+        list: checked,
+        resolve: Box::new(move |kind| {
+            if kind == "weir" {
+                bin.clone()
+            } else {
+                PathBuf::from(DEBIAN_PLUGIN_DIR).join(kind)
+            }
+        }),
+    };
+    check_chain
+        .check(&base, &result, &runtime, Some(&node.netns))
+        .unwrap_or_else(|e| panic!("CHECK chain: {e:#}"));
+
+    chain
+        .del(&base, Some(&result), &runtime, Some(&node.netns))
+        .expect("DEL chain");
+    let nat = nat_rules(&node);
+    assert!(!nat.contains("18080"), "portmap removed its rule: {nat}");
+    assert_eq!(node.leftovers().expect("leftovers"), Vec::<String>::new());
+    assert_eq!(pod.link_names().expect("links"), ["lo"]);
+    // A second DEL of the whole chain, without a result, still succeeds.
+    chain
+        .del(&base, None, &runtime, Some(&node.netns))
+        .expect("second DEL chain");
+}
