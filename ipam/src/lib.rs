@@ -270,8 +270,27 @@ impl<S: Store> Ipam<S> {
         // may hold, so a crash between here and the end leaks nothing.
         self.store.put_record(&wanted)?;
         self.store.sync()?;
-        for &(_, ip) in &fresh {
-            if !self.store.reserve(ip, key)? && self.store.owner(ip)?.as_ref() != Some(key) {
+        let mut taken = Vec::with_capacity(fresh.len());
+        if let Err(e) = self.reserve_fresh(key, &fresh, &mut taken) {
+            self.give_back(key, record.as_ref(), &taken);
+            return Err(e);
+        }
+        for &(set, ip) in &fresh {
+            self.store.set_last_reserved(set, ip)?;
+        }
+        Ok(wanted)
+    }
+
+    fn reserve_fresh(
+        &self,
+        key: &Key,
+        fresh: &[(usize, IpAddr)],
+        taken: &mut Vec<IpAddr>,
+    ) -> Result<(), IpamError> {
+        for &(_, ip) in fresh {
+            if self.store.reserve(ip, key)? {
+                taken.push(ip);
+            } else if self.store.owner(ip)?.as_ref() != Some(key) {
                 // next_free saw it free under the lock: somebody wrote
                 // without the lock. Our record's entry is merely dangling.
                 return Err(IpamError::CorruptState {
@@ -280,10 +299,21 @@ impl<S: Store> Ipam<S> {
                 });
             }
         }
-        for &(set, ip) in &fresh {
-            self.store.set_last_reserved(set, ip)?;
+        Ok(())
+    }
+
+    /// After a failed allocation: frees what it reserved, then puts the
+    /// key's record back as it was. Best effort (the failure may be the
+    /// disk's); what cannot be undone stays listed by the record, so it is
+    /// never leaked, and the key's release or gc frees it.
+    fn give_back(&self, key: &Key, record: Option<&Allocation>, taken: &[IpAddr]) {
+        let freed = taken.iter().all(|&ip| self.store.unreserve(ip).is_ok());
+        if freed && self.store.sync().is_ok() {
+            let _ = match record {
+                Some(r) => self.store.put_record(r),
+                None => self.store.remove_record(key),
+            };
         }
-        Ok(wanted)
     }
 
     /// The first free address of set `i` after its cursor.

@@ -458,3 +458,93 @@ fn a_retry_after_the_ranges_changed_frees_what_the_pool_no_longer_has() {
     assert_eq!(entries(&tmp.path().join("ips")), ["10.2.0.1"]);
     assert_eq!(ipam.release(&key).unwrap(), Some(new));
 }
+
+/// A MemStore whose disk "fails" when reserving one address.
+struct FailingStore {
+    inner: weir_ipam::MemStore,
+    fail: std::net::IpAddr,
+}
+
+impl Store for FailingStore {
+    fn locked<T>(
+        &self,
+        mode: weir_ipam::LockMode,
+        f: impl FnOnce() -> Result<T, IpamError>,
+    ) -> Result<T, IpamError> {
+        self.inner.locked(mode, f)
+    }
+    fn reservation_path(&self, ip: std::net::IpAddr) -> PathBuf {
+        self.inner.reservation_path(ip)
+    }
+    fn owner(&self, ip: std::net::IpAddr) -> Result<Option<Key>, IpamError> {
+        self.inner.owner(ip)
+    }
+    fn is_reserved(&self, ip: std::net::IpAddr) -> Result<bool, IpamError> {
+        self.inner.is_reserved(ip)
+    }
+    fn reserve(&self, ip: std::net::IpAddr, key: &Key) -> Result<bool, IpamError> {
+        if ip == self.fail {
+            return Err(IpamError::Io {
+                path: self.reservation_path(ip),
+                source: std::io::Error::other("disk on fire"),
+            });
+        }
+        self.inner.reserve(ip, key)
+    }
+    fn unreserve(&self, ip: std::net::IpAddr) -> Result<(), IpamError> {
+        self.inner.unreserve(ip)
+    }
+    fn reserved(&self) -> Result<Vec<std::net::IpAddr>, IpamError> {
+        self.inner.reserved()
+    }
+    fn record(&self, key: &Key) -> Result<Option<Allocation>, IpamError> {
+        self.inner.record(key)
+    }
+    fn put_record(&self, a: &Allocation) -> Result<(), IpamError> {
+        self.inner.put_record(a)
+    }
+    fn remove_record(&self, key: &Key) -> Result<(), IpamError> {
+        self.inner.remove_record(key)
+    }
+    fn records(&self) -> Result<Vec<Allocation>, IpamError> {
+        self.inner.records()
+    }
+    fn last_reserved(&self, set: usize) -> Result<Option<std::net::IpAddr>, IpamError> {
+        self.inner.last_reserved(set)
+    }
+    fn set_last_reserved(&self, set: usize, ip: std::net::IpAddr) -> Result<(), IpamError> {
+        self.inner.set_last_reserved(set, ip)
+    }
+    fn sync(&self) -> Result<(), IpamError> {
+        self.inner.sync()
+    }
+    fn tidy(&self) -> Result<(), IpamError> {
+        self.inner.tidy()
+    }
+}
+
+#[test]
+fn a_failed_allocation_gives_back_what_it_took() {
+    let store = FailingStore {
+        inner: weir_ipam::MemStore::new(),
+        fail: ip("fd01::2"),
+    };
+    let ipam = Ipam::with_store(store, dual_stack());
+    let first = ipam.allocate(&Key::new("a", "eth0"), &labels()).unwrap();
+    assert_eq!(first.ips[1].address.ip(), ip("fd01::1"));
+    // The next allocation takes 10.1.0.3, then fails on fd01::2.
+    let e = ipam
+        .allocate(&Key::new("b", "eth0"), &labels())
+        .unwrap_err();
+    assert!(matches!(e, IpamError::Io { .. }), "{e}");
+    assert_eq!(ipam.get(&Key::new("b", "eth0")).unwrap(), None);
+    assert!(
+        ipam.store()
+            .record(&Key::new("b", "eth0"))
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(ipam.list().unwrap(), vec![first]);
+    assert_eq!(ipam.check().unwrap(), Default::default());
+    assert_eq!(ipam.status().unwrap().sets[0].allocated, 1);
+}
