@@ -47,6 +47,7 @@ fn reference_ptp_host_local_matches_its_expectations() {
     let expect = Expectations::load(&here("expect/ptp.json")).unwrap();
     let report = run_and_compare(&options, &expect);
     assert_eq!(report.claimed, ["0.3.1", "0.4.0", "1.0.0"]);
+    assert_cleaned_up(&report);
 }
 
 #[test]
@@ -71,9 +72,123 @@ fn weir_passes_every_case() {
     let report = run_and_compare(&options, &Expectations::default());
     assert_eq!(report.claimed, suite::DEFAULT_VERSIONS);
     assert!(report.cases.iter().all(|c| c.outcome == Outcome::Pass));
-    // Every case of the suite ran: 1 global, 12 per version (4 of which
-    // start at 0.4.0, so 8 at 0.3.1), 10 at the newest version, 3 at 1.1.0.
-    assert_eq!(report.cases.len(), 1 + 8 + 12 * 3 + 10 + 3);
+    assert_cleaned_up(&report);
+    // Every case of the suite ran: 1 global, 13 per version (4 of which
+    // start at 0.4.0, so 9 at 0.3.1), 10 at the newest version, 3 at 1.1.0.
+    assert_eq!(report.cases.len(), 1 + 9 + 13 * 3 + 10 + 3);
+}
+
+/// Nothing of the run is left: namespaces, the state directory, pins.
+fn assert_cleaned_up(report: &Report) {
+    let prefix = &report.prefix;
+    assert!(
+        prefix.starts_with("cc-") && prefix.ends_with('-'),
+        "{prefix}"
+    );
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !list.contains(prefix.as_str()),
+        "namespaces left behind:\n{list}"
+    );
+    let id = prefix.trim_end_matches('-');
+    assert!(
+        !std::env::temp_dir().join(id).exists(),
+        "state directory {id} left behind"
+    );
+    assert!(
+        !Path::new("/sys/fs/bpf").join(id).exists(),
+        "pin root {id} left behind"
+    );
+}
+
+/// A plugin that lies: it claims 1.0.0, answers every ADD with the same
+/// made-up result and succeeds at everything else. The suite must catch it.
+const LIAR: &str = r#"#!/bin/sh
+cat >/dev/null
+case "$CNI_COMMAND" in
+VERSION) echo '{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0"]}' ;;
+ADD) echo '{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","mac":"zz","sandbox":"'"$CNI_NETNS"'"}],"ips":[{"version":"4","address":"10.9.9.9/24","interface":3}]}' ;;
+esac
+exit 0
+"#;
+
+#[test]
+fn a_lying_plugin_fails_the_cases_it_breaks() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("cc-liar-{}", weir_conformance::random_hex(6)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _rm = Rm(dir.clone());
+    let exe = dir.join("liar");
+    std::fs::write(&exe, LIAR).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let mut options = Options::new(
+        &dir,
+        serde_json::json!({"cniVersion": "1.0.0", "name": "liars", "type": "liar"}),
+    );
+    options.versions = vec!["1.0.0".into(), "1.1.0".into()];
+    options.parallel = 3;
+    let report = suite::run(&options).unwrap();
+    println!("{}", report::summary(&report, &Expectations::default()));
+    let outcome = |id: &str| {
+        report
+            .case(id)
+            .unwrap_or_else(|| panic!("no case {id}"))
+            .outcome
+    };
+    for id in [
+        "add.result@1.0.0",
+        "add.netns-matches@1.0.0",
+        "check.missing-address@1.0.0",
+        "check.missing-interface@1.0.0",
+        "input.no-command",
+        "input.unknown-command",
+        "input.bad-container-id",
+        "input.bad-ifname",
+        "input.unsupported-version",
+        "input.garbage-stdin",
+        "parallel.add-del",
+    ] {
+        assert_eq!(outcome(id), Outcome::Fail, "{id}");
+    }
+    let msg = |id: &str| report.case(id).unwrap().message.clone();
+    assert!(
+        msg("add.result@1.0.0").contains("ips[0].version"),
+        "{}",
+        msg("add.result@1.0.0")
+    );
+    assert!(msg("add.result@1.0.0").contains("out of range"));
+    assert!(msg("add.result@1.0.0").contains("interfaces[0].mac"));
+    assert!(
+        msg("add.netns-matches@1.0.0").contains("CNI_IFNAME net1"),
+        "{}",
+        msg("add.netns-matches@1.0.0")
+    );
+    assert!(msg("parallel.add-del").contains("handed out twice"));
+    for id in [
+        "version.output",
+        "del.second@1.0.0",
+        "del.unknown-container@1.0.0",
+    ] {
+        assert_eq!(outcome(id), Outcome::Pass, "{id}");
+    }
+    for id in [
+        "add.result@1.1.0",
+        "status.ready@1.1.0",
+        "gc.releases-stale@1.1.0",
+    ] {
+        assert_eq!(outcome(id), Outcome::NotApplicable, "{id}");
+    }
+    assert_cleaned_up(&report);
+}
+
+struct Rm(PathBuf);
+
+impl Drop for Rm {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The binary: exit status, reports, `--expect`; the reference plugin's
@@ -82,12 +197,6 @@ fn weir_passes_every_case() {
 fn the_binary_writes_reports_and_its_exit_status_follows_the_expectations() {
     let dir = std::env::temp_dir().join(format!("cc-cli-{}", weir_conformance::random_hex(6)));
     std::fs::create_dir_all(&dir).unwrap();
-    struct Rm(PathBuf);
-    impl Drop for Rm {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
     let _rm = Rm(dir.clone());
     let bin = env!("CARGO_BIN_EXE_cni-conformance");
     let (xml, md, json) = (dir.join("r.xml"), dir.join("r.md"), dir.join("r.json"));

@@ -24,11 +24,11 @@ use weir_conformance::suite::{self, Options, report};
 )]
 struct Args {
     /// Where the plugin executables are (also passed as CNI_PATH).
-    #[arg(long, required_unless_present = "side_by_side")]
+    #[arg(long, required_unless_present_any = ["side_by_side", "list_cases"])]
     plugin_dir: Option<PathBuf>,
     /// A plugin config or a conflist. `${RUN_DIR}` in any string becomes the
     /// run's state directory (point host-local's dataDir there).
-    #[arg(long, required_unless_present = "side_by_side")]
+    #[arg(long, required_unless_present_any = ["side_by_side", "list_cases"])]
     config: Option<PathBuf>,
     /// Spec versions to test, comma separated.
     #[arg(long, value_delimiter = ',', default_values_t = suite::DEFAULT_VERSIONS.map(String::from))]
@@ -55,6 +55,9 @@ struct Args {
     /// Print each case as it finishes.
     #[arg(short, long)]
     verbose: bool,
+    /// Print the cases as a markdown table and exit.
+    #[arg(long)]
+    list_cases: bool,
     /// Print JSON reports side by side as a markdown table and exit:
     /// `NAME=REPORT.json`, repeated.
     #[arg(long, value_name = "NAME=REPORT.json")]
@@ -73,6 +76,10 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<bool> {
+    if args.list_cases {
+        print!("{}", report::case_table());
+        return Ok(true);
+    }
     if !args.side_by_side.is_empty() {
         let mut runs = Vec::new();
         for s in &args.side_by_side {

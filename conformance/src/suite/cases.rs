@@ -77,7 +77,7 @@ pub const PER_VERSION: &[Def] = &[
         Must,
         "§2 ADD (CNI_IFNAME); §5 interfaces, ips, routes",
         "0.3.0",
-        "the interfaces (with their MACs), addresses and routes of the result are in the namespaces",
+        "the interfaces (with their MACs), addresses and routes of the result are in the namespaces; the container's interface is CNI_IFNAME (net1 here, not the usual eth0)",
     ),
     def(
         "check.after-add",
@@ -127,6 +127,13 @@ pub const PER_VERSION: &[Def] = &[
         "§2 DEL: without CNI_NETNS, clean up as much as possible and succeed",
         "0.3.0",
         "after the namespace is gone, DEL with CNI_NETNS empty succeeds and releases the container's state",
+    ),
+    def(
+        "del.netns-gone",
+        Should,
+        "§2 DEL: succeed and release the allocation even if the namespace no longer exists",
+        "0.3.0",
+        "after the namespace is gone, DEL with its old path succeeds and releases the container's state",
     ),
     def(
         "del.no-prev-result",
@@ -198,7 +205,7 @@ pub const AT_NEWEST: &[Def] = &[
     def(
         "input.unsupported-version",
         Should,
-        "§5 Result: a cniVersion the plugin does not support should give error 1",
+        "§5 Error (code 1): an unsupported cniVersion should give error 1",
         "0.3.0",
         "ADD with cniVersion 9.9.9: error 1, nothing created",
     ),
@@ -214,7 +221,7 @@ pub const AT_NEWEST: &[Def] = &[
         Must,
         "§3 Lifecycle: parallel operations for different containers are allowed",
         "0.3.0",
-        "N ADDs for distinct containers at once all succeed with distinct addresses; then N DELs at once",
+        "N ADDs for distinct containers at once all succeed with distinct addresses; then N DELs at once succeed and release everything",
     ),
 ];
 
@@ -421,6 +428,7 @@ pub fn run_all(rt: &Runtime, opts: &Options) -> Report {
         versions: opts.versions.clone(),
         cases: cx.results,
         millis: 0,
+        prefix: rt.prefix.clone(),
     }
 }
 
@@ -439,9 +447,14 @@ fn per_version(cx: &mut Cx<'_>, v: &str) {
     });
     let has_check = !version_lt(v, "0.4.0");
 
-    // A: ADD, shape, reality, CHECK, DEL, what DEL left, DEL again.
+    // A: ADD, shape, reality, CHECK, DEL, what DEL left, DEL again; with
+    // an interface name other than eth0, so that a plugin that ignores
+    // CNI_IFNAME shows.
     let mut a = match Attachment::new(rt, v, "a") {
-        Ok(a) => Some(a),
+        Ok(mut a) => {
+            a.ifname = "net1".to_owned();
+            Some(a)
+        }
         Err(e) => {
             cx.run("add.result", Some(v), || {
                 Err(e.context("create the namespace"))
@@ -516,6 +529,24 @@ fn per_version(cx: &mut Cx<'_>, v: &str) {
         b.add().context("ADD")?;
         b.netns.take();
         b.del().context("DEL with CNI_NETNS empty")?;
+        let left = observe::leftovers_after_del(rt, None, None, &b.ifname, &b.container_id)?;
+        Ok(released(
+            left,
+            "DEL succeeded and released the container's state",
+        ))
+    });
+
+    // B': the namespace goes away, then DEL with its old path.
+    cx.run("del.netns-gone", Some(v), || {
+        let mut b = Attachment::new(rt, v, "g")?;
+        b.add().context("ADD")?;
+        let path = b.netns_path();
+        b.netns.take();
+        let mut call = b.call("DEL");
+        call.netns = Some(path.clone());
+        rt.del(v, &call, b.result.as_ref())
+            .with_context(|| format!("DEL with CNI_NETNS={path}, which no longer exists"))?;
+        b.deleted = true;
         let left = observe::leftovers_after_del(rt, None, None, &b.ifname, &b.container_id)?;
         Ok(released(
             left,
@@ -785,6 +816,16 @@ fn parallel(cx: &mut Cx<'_>, v: &str, n: usize) {
             if let Err(e) = d {
                 problems.push(format!("DEL {i}: {e:#}"));
             }
+        }
+        for a in atts.iter().filter(|a| a.deleted) {
+            let left = observe::leftovers_after_del(
+                rt,
+                a.result.as_ref(),
+                a.netns.as_ref(),
+                &a.ifname,
+                &a.container_id,
+            )?;
+            problems.extend(left);
         }
         if problems.is_empty() {
             Ok(Verdict::Pass(format!(

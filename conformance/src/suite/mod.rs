@@ -93,6 +93,10 @@ pub struct Report {
     pub versions: Vec<String>,
     pub cases: Vec<CaseResult>,
     pub millis: u64,
+    /// The prefix of the run's namespaces, container ids and state
+    /// directory (`cc-<hex>-`).
+    #[serde(default)]
+    pub prefix: String,
 }
 
 impl Report {

@@ -366,6 +366,37 @@ pub fn side_by_side(runs: &[(String, Report)]) -> String {
     s
 }
 
+/// The cases the suite has, as a markdown table (`--list-cases`).
+pub fn case_table() -> String {
+    use super::cases::{AT_NEWEST, GLOBAL, PER_VERSION, V1_1};
+    let mut s =
+        String::from("| case | level | runs | checks | spec |\n| --- | --- | --- | --- | --- |\n");
+    let groups: [(&[super::cases::Def], &str); 4] = [
+        (GLOBAL, "once"),
+        (PER_VERSION, "per version"),
+        (AT_NEWEST, "once, at the newest claimed version"),
+        (V1_1, "at 1.1.0"),
+    ];
+    for (defs, runs) in groups {
+        for d in defs {
+            let runs = if runs == "per version" && d.since != "0.3.0" {
+                format!("per version, from {}", d.since)
+            } else {
+                runs.to_owned()
+            };
+            let _ = writeln!(
+                s,
+                "| `{}` | {} | {runs} | {} | {} |",
+                d.name,
+                d.level,
+                md_cell(d.what),
+                md_cell(d.spec)
+            );
+        }
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,6 +426,7 @@ mod tests {
                 case("input.garbage-stdin", Outcome::Fail),
             ],
             millis: 10,
+            prefix: "cc-0-".into(),
         }
     }
 

@@ -36,14 +36,17 @@ pub struct Call {
 }
 
 impl Call {
-    /// A well-formed attachment call.
+    /// A well-formed attachment call, with the CNI_ARGS the CRI sends.
     pub fn attachment(command: &str, container_id: &str, netns: &str, ifname: &str) -> Call {
         Call {
             command: Some(command.to_owned()),
             container_id: Some(container_id.to_owned()),
             netns: Some(netns.to_owned()),
             ifname: Some(ifname.to_owned()),
-            args: Some(String::new()),
+            args: Some(format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=cni-conformance;K8S_POD_NAME={container_id};\
+                 K8S_POD_INFRA_CONTAINER_ID={container_id}"
+            )),
         }
     }
 
@@ -347,8 +350,14 @@ impl Runtime {
             .iter()
             .map(|(c, i)| json!({"containerID": c, "ifname": i}))
             .collect();
+        // libcni sends the list under both names: the spec's, and the one an
+        // earlier draft used.
         let mut extra = Map::new();
-        extra.insert("cni.dev/valid-attachments".into(), Value::Array(list));
+        extra.insert(
+            "cni.dev/valid-attachments".into(),
+            Value::Array(list.clone()),
+        );
+        extra.insert("cni.dev/attachments".into(), Value::Array(list));
         for i in 0..self.types().len() {
             self.run_one(version, i, &Call::bare("GC"), None, &extra)?;
         }
