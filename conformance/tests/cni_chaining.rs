@@ -1,5 +1,5 @@
-//! weir as the first plugin of a conflist followed by Debian's `portmap`
-//! and `tuning`, run as libcni runs a chain: ADD in order with each result
+//! weir as the first plugin of a conflist followed by Debian's `portmap`,
+//! `bandwidth` and `tuning`, run as libcni runs a chain: ADD in order with each result
 //! passed on as prevResult, CHECK with the final result, DEL in reverse.
 //! The node is IPv4-only and CHECK skips portmap: Debian's portmap (1.1.1)
 //! fails CHECK whatever the first plugin is.
@@ -20,8 +20,8 @@ fn nat_rules(node: &TestNode) -> String {
 }
 
 #[test]
-fn weir_then_portmap_and_tuning() {
-    for plugin in ["portmap", "tuning"] {
+fn weir_then_portmap_bandwidth_and_tuning() {
+    for plugin in ["portmap", "bandwidth", "tuning"] {
         assert!(
             PathBuf::from(DEBIAN_PLUGIN_DIR).join(plugin).exists(),
             "Debian's {plugin} is missing: apt-get install containernetworking-plugins (cargo xtask setup)"
@@ -47,6 +47,7 @@ fn weir_then_portmap_and_tuning() {
         "plugins": [
             weir,
             {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
+            {"type": "bandwidth", "capabilities": {"bandwidth": true}},
             {"type": "tuning", "sysctl": {"net.core.somaxconn": "512"}},
         ],
     });
@@ -63,6 +64,10 @@ fn weir_then_portmap_and_tuning() {
     };
     let runtime = json!({
         "portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}],
+        "bandwidth": {
+            "ingressRate": 8_000_000, "ingressBurst": 1_000_000,
+            "egressRate": 8_000_000, "egressBurst": 1_000_000,
+        },
     });
     let cid = node.container_id("chain");
     let mut base = Invocation::new("ADD", &cid, &netns, "eth0", json!({}));
@@ -115,6 +120,18 @@ fn weir_then_portmap_and_tuning() {
     check_chain
         .check(&base, &result, &runtime, Some(&node.netns))
         .unwrap_or_else(|e| panic!("CHECK chain: {e:#}"));
+
+    // bandwidth shaped the host end (ingress) and made an ifb for egress.
+    let host = ifs[0]["name"].as_str().expect("host name");
+    let qdiscs = node.netns.ip_json(&["link", "show"]).expect("links");
+    assert!(
+        qdiscs.as_array().expect("links").len() >= 3,
+        "bandwidth's ifb device exists: {qdiscs}"
+    );
+    let mut tc = node.netns.command("tc").expect("cmd");
+    tc.args(["qdisc", "show", "dev", host]);
+    let tc = run(&mut tc).expect("tc");
+    assert!(tc.contains("tbf"), "token bucket on {host}: {tc}");
 
     chain
         .del(&base, Some(&result), &runtime, Some(&node.netns))

@@ -538,3 +538,37 @@ fn gc_removes_everything_not_listed_and_keeps_what_is() {
     let out = Command::new("true").status().expect("true");
     assert!(out.success());
 }
+
+#[test]
+fn del_succeeds_when_the_pins_and_the_netns_are_gone() {
+    let node = TestNode::new(NodeOptions::default()).expect("node");
+    let pod = node.pod_netns("m").expect("pod");
+    let netns = pod.path().to_string_lossy().into_owned();
+    let cid = node.container_id("m");
+    let inv = Invocation::new("ADD", &cid, &netns, "eth0", node.config("1.0.0"));
+    let result = node
+        .weir(&inv)
+        .expect("run")
+        .ok()
+        .expect("ADD")
+        .expect("result");
+    // weir-node uninstalled and the pod's namespace removed before DEL.
+    weir_datapath::loader::unpin_all(&node.layout).expect("unpin");
+    drop(pod);
+    let mut del = inv.clone();
+    del.command = "DEL".into();
+    del.config["prevResult"] = result;
+    for _ in 0..3 {
+        let out = node.weir(&del).expect("run");
+        assert!(out.success, "{out:?}");
+    }
+    assert_eq!(node.leftovers().expect("leftovers"), Vec::<String>::new());
+    // Without pins, ADD is "try again later" and leaves nothing.
+    let pod = node.pod_netns("m2").expect("pod");
+    let mut add = inv.clone();
+    add.netns = pod.path().to_string_lossy().into_owned();
+    let out = node.weir(&add).expect("run");
+    assert_eq!(out.code(), Some(11), "{out:?}");
+    assert_eq!(node.leftovers().expect("leftovers"), Vec::<String>::new());
+    assert_eq!(pod.link_names().expect("links"), ["lo"]);
+}
