@@ -488,3 +488,29 @@ fn dual_stack_nodes_get_a_route_per_family() {
         (node.nodes_map().as_ref() == Some(&want) && node.ns.weir_routes() == want).then_some(())
     });
 }
+
+#[test]
+fn a_route_that_cannot_be_added_is_counted_and_retried() {
+    let node = Node::new();
+    node.write_node("a.yaml", "node-a", &["10.244.0.0/24"], &["192.0.2.1"]);
+    // 198.18.0.5 is not on any link of the namespace: the kernel refuses it
+    // as a gateway.
+    node.write_node("b.yaml", "node-b", &["10.244.1.0/24"], &["198.18.0.5"]);
+    let daemon = node.start("node-a", &node.nodes_dir());
+    let want = pairs(&[("10.244.1.0/24", "198.18.0.5")]);
+    // The map entry is written even though the route is not.
+    daemon.until(60, "the NODES entry", || {
+        (node.nodes_map().as_ref() == Some(&want)).then_some(())
+    });
+    daemon.until(30, "the reconcile error counted", || {
+        let body = node.ns.http_get("/metrics")?.1;
+        (metric(&body, "weir_reconcile_errors_total")? != "0").then_some(())
+    });
+    assert!(node.ns.weir_routes().is_empty());
+
+    // The underlay gains the address: the next resync adds the route.
+    node.ns.ip(&["addr", "add", "198.18.0.1/24", "dev", "up0"]);
+    daemon.until(60, "the route after a resync", || {
+        (node.ns.weir_routes() == want).then_some(())
+    });
+}

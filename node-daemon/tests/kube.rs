@@ -260,6 +260,13 @@ fn serve(
     }
 }
 
+/// A kubeconfig for the fake API server, without credentials.
+fn kubeconfig_text() -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:{API_PORT}\nusers:\n- name: test\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: test\ncurrent-context: fake\n"
+    )
+}
+
 #[test]
 fn kubernetes_nodes_are_listed_watched_and_resynced_after_410() {
     let node = Node::new();
@@ -267,13 +274,7 @@ fn kubernetes_nodes_are_listed_watched_and_resynced_after_410() {
     api.apply("node-a", "10.244.0.0/24", "192.0.2.1");
     api.apply("node-b", "10.244.1.0/24", "192.0.2.2");
     let kubeconfig = node.tmp.path().join("kubeconfig");
-    fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:{API_PORT}\nusers:\n- name: test\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: test\ncurrent-context: fake\n"
-        ),
-    )
-    .unwrap();
+    fs::write(&kubeconfig, kubeconfig_text()).unwrap();
     let daemon = node.start_kube("node-a", &kubeconfig);
 
     let want = pairs(&[("10.244.1.0/24", "192.0.2.2")]);
@@ -313,4 +314,34 @@ fn kubernetes_nodes_are_listed_watched_and_resynced_after_410() {
     let (lists_after, watches) = api.counts();
     assert!(lists_after > lists_before, "relisted after 410");
     assert!(watches >= 2, "watched more than once");
+}
+
+#[test]
+fn an_api_server_that_is_down_at_start_is_retried_with_backoff() {
+    let node = Node::new();
+    let kubeconfig = node.tmp.path().join("kubeconfig");
+    fs::write(&kubeconfig, kubeconfig_text()).unwrap();
+    let daemon = node.start_kube("node-a", &kubeconfig);
+    daemon.until(30, "the failed watch counted", || {
+        let body = node.ns.http_get("/metrics")?.1;
+        let errors = body
+            .lines()
+            .find(|l| l.starts_with("weir_node_source_errors_total "))?
+            .rsplit(' ')
+            .next()?
+            .to_string();
+        (errors != "0").then_some(())
+    });
+    assert_eq!(node.ns.http_get("/readyz").map(|r| r.0), Some(503));
+
+    let api = FakeApi::start(&node.ns.name);
+    api.apply("node-a", "10.244.0.0/24", "192.0.2.1");
+    api.apply("node-b", "10.244.1.0/24", "192.0.2.2");
+    let want = pairs(&[("10.244.1.0/24", "192.0.2.2")]);
+    daemon.until(90, "the sync once the API server is up", || {
+        (node.nodes_map().as_ref() == Some(&want) && node.ns.weir_routes() == want).then_some(())
+    });
+    daemon.until(30, "readyz 200", || {
+        (node.ns.http_get("/readyz")?.0 == 200).then_some(())
+    });
 }
