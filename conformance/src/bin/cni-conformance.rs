@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Exit status: 0 when every outcome is the expected one, 1 when some differ,
-//! 2 when the run could not be made.
+//! 2 when the run could not be made, 130 when interrupted (SIGINT or
+//! SIGTERM stop it between cases; what it made is removed first).
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -64,8 +65,37 @@ struct Args {
     side_by_side: Vec<String>,
 }
 
+extern "C" fn on_signal(_: libc::c_int) {
+    suite::interrupt();
+}
+
+/// SIGINT and SIGTERM stop the run between cases instead of killing it, so
+/// that the guards remove the namespaces, state and pins.
+fn catch_signals() -> Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { sigaction(sig, &action) }.with_context(|| format!("catch {sig}"))?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    match run(Args::parse()) {
+    if let Err(e) = catch_signals() {
+        eprintln!("cni-conformance: {e:#}");
+        return ExitCode::from(2);
+    }
+    let outcome = run(Args::parse());
+    if suite::interrupted() {
+        eprintln!("cni-conformance: interrupted; cleaned up");
+        return ExitCode::from(130);
+    }
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {

@@ -307,7 +307,11 @@ impl Cx<'_> {
 
     fn run(&mut self, name: &str, version: Option<&str>, f: impl FnOnce() -> Result<Verdict>) {
         let started = Instant::now();
-        let v = f();
+        let v = if super::interrupted() {
+            Ok(Verdict::Fail("interrupted before it ran".into()))
+        } else {
+            f()
+        };
         self.record(name, version, started, v);
     }
 

@@ -22,7 +22,12 @@ pub mod runtime;
 pub mod schema;
 pub mod weir;
 
-use std::{fmt, path::PathBuf, time::Duration};
+use std::{
+    fmt,
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -144,6 +149,18 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     let mut report = cases::run_all(&rt, options);
     report.millis = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Asks the run to stop: cases not yet started are recorded as failed
+/// without running, and the guards clean up as usual. Async-signal-safe.
+pub fn interrupt() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
 }
 
 pub(crate) fn millis(d: Duration) -> u64 {
