@@ -22,6 +22,9 @@ use crate::{
 pub struct Cli {
     #[command(flatten)]
     pub paths: Paths,
+    /// Log as JSON lines (stderr) instead of text.
+    #[arg(long, global = true, env = "WEIR_LOG_JSON")]
+    pub log_json: bool,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -126,12 +129,15 @@ pub enum ListCmd {
 
 /// Runs the command `cli` describes.
 pub fn dispatch(cli: Cli) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let layout = PinLayout::new(&cli.paths.pin_root);
     match cli.command {
         Cmd::Run(args) => run(cli.paths, layout, args),

@@ -514,3 +514,34 @@ fn a_route_that_cannot_be_added_is_counted_and_retried() {
         (node.ns.weir_routes() == want).then_some(())
     });
 }
+
+#[test]
+fn drift_in_the_map_or_the_routes_is_repaired_at_the_next_resync() {
+    let node = Node::new();
+    node.write_node("a.yaml", "node-a", &["10.244.0.0/24"], &["192.0.2.1"]);
+    node.write_node("b.yaml", "node-b", &["10.244.1.0/24"], &["192.0.2.2"]);
+    let daemon = node.start("node-a", &node.nodes_dir());
+    let want = pairs(&[("10.244.1.0/24", "192.0.2.2")]);
+    daemon.until(60, "the remote node", || {
+        (node.nodes_map().as_ref() == Some(&want) && node.ns.weir_routes() == want).then_some(())
+    });
+
+    // Someone removes the route and the entry, and adds a stray weir route.
+    node.ns.ip(&["route", "del", "10.244.1.0/24"]);
+    node.ns.ip(&[
+        "route",
+        "add",
+        "10.244.9.0/24",
+        "via",
+        "192.0.2.9",
+        "proto",
+        "87",
+    ]);
+    weir_datapath::maps::NodeMap::open(&node.layout)
+        .unwrap()
+        .remove("10.244.1.0".parse().unwrap(), 24)
+        .unwrap();
+    daemon.until(60, "the resync to repair the drift", || {
+        (node.nodes_map().as_ref() == Some(&want) && node.ns.weir_routes() == want).then_some(())
+    });
+}
