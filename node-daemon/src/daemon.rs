@@ -224,6 +224,18 @@ async fn apply(
     stats: &Arc<Stats>,
     last_problems: &mut Vec<String>,
 ) {
+    let (desired, problems) = desired_remotes(set, &cfg.node_name);
+    if problems != *last_problems {
+        for p in &problems {
+            warn!(problem = %p, "node set");
+        }
+        *last_problems = problems;
+    }
+    if let Err(e) = reconciler.reconcile(&desired).await {
+        warn!(error = %e, "reconcile failed; retrying at the next resync");
+    }
+
+    // node.json, and readiness, need this node's own object.
     let Some(me) = set.get(&cfg.node_name) else {
         warn!(node = %cfg.node_name, "this node is not in the node set yet");
         return;
@@ -236,29 +248,13 @@ async fn apply(
         mtu,
         pin_root: cfg.layout.root().to_owned(),
     };
-    let on_disk = NodeInfo::read(&cfg.node_json).ok();
-    if on_disk.as_ref() != Some(&info) {
-        match info.write(&cfg.node_json) {
-            Ok(()) => {
-                info!(path = %cfg.node_json.display(), pod_cidrs = ?info.pod_cidrs, "node info written")
-            }
-            Err(e) => {
-                error!(error = %e, "writing node info");
-                return;
-            }
+    if NodeInfo::read(&cfg.node_json).ok().as_ref() != Some(&info) {
+        if let Err(e) = info.write(&cfg.node_json) {
+            error!(error = %e, "writing node info");
+            return;
         }
+        info!(path = %cfg.node_json.display(), pod_cidrs = ?info.pod_cidrs, "node info written");
     }
     stats.node_info_written.store(true, Ordering::Release);
-
-    let (desired, problems) = desired_remotes(set, &cfg.node_name);
-    if problems != *last_problems {
-        for p in &problems {
-            warn!(problem = %p, "node set");
-        }
-        *last_problems = problems;
-    }
-    if let Err(e) = reconciler.reconcile(&desired).await {
-        warn!(error = %e, "reconcile failed; retrying at the next resync");
-    }
     stats.nodes_synced.store(true, Ordering::Release);
 }

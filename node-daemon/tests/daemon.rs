@@ -545,3 +545,23 @@ fn drift_in_the_map_or_the_routes_is_repaired_at_the_next_resync() {
         (node.nodes_map().as_ref() == Some(&want) && node.ns.weir_routes() == want).then_some(())
     });
 }
+
+#[test]
+fn without_its_own_node_the_daemon_programs_remotes_but_is_not_ready() {
+    let node = Node::new();
+    node.write_node("b.yaml", "node-b", &["10.244.1.0/24"], &["192.0.2.2"]);
+    let daemon = node.start("node-a", &node.nodes_dir());
+    let want = pairs(&[("10.244.1.0/24", "192.0.2.2")]);
+    daemon.until(60, "the remote node", || {
+        (node.nodes_map().as_ref() == Some(&want) && node.ns.weir_routes() == want).then_some(())
+    });
+    assert_eq!(node.ns.http_get("/readyz").map(|r| r.0), Some(503));
+    assert!(!node.node_json().exists());
+
+    node.write_node("a.yaml", "node-a", &["10.244.0.0/24"], &["192.0.2.1"]);
+    daemon.until(30, "readyz 200", || {
+        (node.ns.http_get("/readyz")?.0 == 200).then_some(())
+    });
+    let info = NodeInfo::read(&node.node_json()).unwrap();
+    assert_eq!(info.pod_cidrs, vec!["10.244.0.0/24".parse().unwrap()]);
+}
