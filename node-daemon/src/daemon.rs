@@ -66,6 +66,15 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
         relinked = report.relinked_interfaces.len(),
         "datapath loaded"
     );
+    let digest = object::digest();
+    match report.previous_digest {
+        Some(previous) if previous != digest => info!(
+            relinked = ?report.relinked_interfaces,
+            "datapath upgraded: pod links moved to the new programs"
+        ),
+        Some(_) => info!("pins reused: the same object was already loaded"),
+        None => info!("datapath created"),
+    }
     stats.datapath_loaded.store(true, Ordering::Release);
 
     let routes = Routes::connect().context("netlink")?;

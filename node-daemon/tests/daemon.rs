@@ -565,3 +565,36 @@ fn without_its_own_node_the_daemon_programs_remotes_but_is_not_ready() {
     let info = NodeInfo::read(&node.node_json()).unwrap();
     assert_eq!(info.pod_cidrs, vec!["10.244.0.0/24".parse().unwrap()]);
 }
+
+#[test]
+fn pins_of_another_abi_are_refused_with_what_to_do() {
+    use aya::maps::{Array, Map, MapData};
+    let node = Node::new();
+    node.write_node("a.yaml", "node-a", &["10.244.0.0/24"], &["192.0.2.1"]);
+    node.weir_ok(&["load"]);
+    let path = node.layout.map(weir_common::map_names::META);
+    let mut meta: Array<MapData, weir_common::Meta> =
+        Map::from_map_data(MapData::from_pin(&path).unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+    let mut m = meta.get(&0, 0).unwrap();
+    m.abi_version = weir_common::ABI_VERSION + 100;
+    meta.set(0, m, 0).unwrap();
+
+    let mut daemon = node.start("node-a", &node.nodes_dir());
+    let status = common::wait_for(30, "weir-node to refuse", || {
+        daemon.child.try_wait().unwrap()
+    });
+    assert!(!status.success());
+    let log = daemon.log();
+    assert!(log.contains("weir-node uninstall"), "{log}");
+    // Nothing was touched.
+    assert_eq!(
+        EndpointMap::open(&node.layout)
+            .map(|m| m.list().unwrap().len())
+            .ok(),
+        Some(0)
+    );
+    assert!(!node.node_json().exists());
+}
