@@ -52,6 +52,28 @@ pub struct RunConfig {
     pub masquerade: bool,
 }
 
+/// The node routes traffic between its uplink and the pods' host veths
+/// (traffic from other nodes, NodePort, the FIB-forwarding fast path all need
+/// it), as every CNI requires.
+fn enable_forwarding() -> Result<()> {
+    for key in [
+        "/proc/sys/net/ipv4/ip_forward",
+        "/proc/sys/net/ipv6/conf/all/forwarding",
+    ] {
+        match std::fs::read_to_string(key) {
+            Ok(v) if v.trim() == "1" => {}
+            Ok(_) => {
+                std::fs::write(key, "1").with_context(|| format!("enabling {key}"))?;
+                info!(sysctl = key, "forwarding enabled");
+            }
+            // No IPv6 on this kernel: nothing to enable.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {key}")),
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
     let stats = Arc::new(Stats::default());
     if let Some(mountpoint) = cfg.layout.root().parent() {
@@ -76,6 +98,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
         None => info!("datapath created"),
     }
     stats.datapath_loaded.store(true, Ordering::Release);
+    enable_forwarding()?;
 
     let routes = Routes::connect().context("netlink")?;
     let mtu = match cfg.mtu {
