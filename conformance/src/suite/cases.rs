@@ -460,9 +460,16 @@ fn per_version(cx: &mut Cx<'_>, v: &str) {
             Some(a)
         }
         Err(e) => {
-            cx.run("add.result", Some(v), || {
-                Err(e.context("create the namespace"))
-            });
+            // Every case of the lifecycle is reported, as failed.
+            let msg = format!("could not create the namespace: {e:#}");
+            let mut names = vec!["add.result", "add.netns-matches"];
+            if has_check {
+                names.push("check.after-add");
+            }
+            names.extend(["del.after-add", "del.releases", "del.second"]);
+            for name in names {
+                cx.run(name, Some(v), || Ok(Verdict::Fail(msg.clone())));
+            }
             None
         }
     };

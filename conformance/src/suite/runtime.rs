@@ -383,6 +383,9 @@ pub struct Attachment<'a> {
     pub netns: Option<NetNs>,
     pub result: Option<Value>,
     pub deleted: bool,
+    /// ADD was sent (whether or not it succeeded): the guard DELs, as a
+    /// runtime does after a failed ADD.
+    pub attempted: bool,
 }
 
 impl<'a> Attachment<'a> {
@@ -396,6 +399,7 @@ impl<'a> Attachment<'a> {
             netns: Some(rt.netns(tag)?),
             result: None,
             deleted: false,
+            attempted: false,
         })
     }
 
@@ -421,6 +425,7 @@ impl<'a> Attachment<'a> {
 
     /// ADD; caches the result.
     pub fn add(&mut self) -> Result<&Value> {
+        self.attempted = true;
         let r = self.rt.add(&self.version, &self.call("ADD"))?;
         self.result = Some(r);
         Ok(self.result.as_ref().expect("just set"))
@@ -442,7 +447,7 @@ impl<'a> Attachment<'a> {
 
 impl Drop for Attachment<'_> {
     fn drop(&mut self) {
-        if !self.deleted && self.result.is_some() {
+        if !self.deleted && (self.attempted || self.result.is_some()) {
             let _ = self
                 .rt
                 .del(&self.version, &self.call("DEL"), self.result.as_ref());
