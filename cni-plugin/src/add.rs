@@ -3,7 +3,7 @@
 //! the endpoint entries and record. A failure at any step undoes the earlier
 //! ones.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, sync::Mutex, thread::JoinHandle};
 
 use serde_json::{Value, json};
 use weir_common::{ENDPOINT_F_READY, Endpoint};
@@ -84,6 +84,8 @@ pub fn run(env: &Env, conf: &NetConf) -> Result<Value> {
             ipam: &ipam,
             mtu,
             mode,
+            v6: dual_v6,
+            attacher: Mutex::new(None),
         };
         match plan.execute(&mut undo).await {
             Ok(result) => Ok(result),
@@ -104,9 +106,29 @@ struct Plan<'a> {
     ipam: &'a Ipam,
     mtu: u32,
     mode: AttachMode,
+    /// Whether the pool hands out IPv6 addresses.
+    v6: bool,
+    /// The thread attaching the programs, until it is joined.
+    attacher: Mutex<Option<JoinHandle<weir_datapath::Result<()>>>>,
+}
+
+fn poisoned() -> Error {
+    Error::Internal("a lock was poisoned".into())
 }
 
 impl Plan<'_> {
+    /// Waits for the attaching thread and returns its outcome.
+    fn join_attacher(&self) -> Result<()> {
+        let handle = self.attacher.lock().map_err(|_| poisoned())?.take();
+        match handle {
+            None => Ok(()),
+            Some(h) => h
+                .join()
+                .map_err(|_| Error::Internal("the attaching thread panicked".into()))?
+                .map_err(Error::from),
+        }
+    }
+
     async fn execute(&self, undo: &mut Vec<Undo>) -> Result<Value> {
         let conf = self.conf;
         let host = &self.att.host_ifname;
@@ -119,18 +141,28 @@ impl Plan<'_> {
         if let Some(name) = &self.env.args.pod_name {
             labels.insert("podName".to_owned(), name.clone());
         }
-        undo.push(Undo::Reservation);
-        let allocation = self.ipam.allocate(&self.att.key, &labels)?;
-        let ips: Vec<IpAddr> = allocation.ips.iter().map(|a| a.address.ip()).collect();
-        let has_v6 = ips.iter().any(IpAddr::is_ipv6);
-        step_pause("ipam");
-
         undo.push(Undo::Veth);
         self.host_nl
             .create_veth(host, ifname, &self.netns.file, self.mtu)
             .await?;
         let host_link = self.link(self.host_nl, host).await?;
         step_pause("veth");
+
+        // Attaching waits for an RCU grace period per hook in TCX mode: let
+        // it run beside the reservation's fsyncs. The thread is created by
+        // this (host namespace) thread and stays in its namespace.
+        undo.push(Undo::Links);
+        let layout = common::layout(conf);
+        let (l, h, mode) = (layout.clone(), host.clone(), self.mode);
+        *self.attacher.lock().map_err(|_| poisoned())? = Some(std::thread::spawn(move || {
+            attach::attach_interface(&l, &h, mode)
+        }));
+
+        undo.push(Undo::Reservation);
+        let allocation = self.ipam.allocate(&self.att.key, &labels)?;
+        let ips: Vec<IpAddr> = allocation.ips.iter().map(|a| a.address.ip()).collect();
+        let has_v6 = self.v6;
+        step_pause("ipam");
 
         // The container end, through a socket opened inside the pod.
         let pod_socket = netns::run_in(self.netns, || {
@@ -166,9 +198,7 @@ impl Plan<'_> {
         }
         step_pause("host");
 
-        let layout = common::layout(conf);
-        undo.push(Undo::Links);
-        attach::attach_interface(&layout, host, self.mode)?;
+        self.join_attacher()?;
         step_pause("attach");
 
         undo.push(Undo::MapEntries(ips.clone()));
@@ -218,6 +248,8 @@ impl Plan<'_> {
     /// Undoes `undo` in reverse. Every step is tried; failures are left to
     /// DEL and GC, which find the same state.
     async fn rollback(&self, undo: Vec<Undo>) {
+        // The programs may still be being attached: let that finish first.
+        let _ = self.join_attacher();
         let layout = common::layout(self.conf);
         let host = &self.att.host_ifname;
         for step in undo.into_iter().rev() {
