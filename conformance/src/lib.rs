@@ -7,6 +7,7 @@
 //! `Drop` guard, so that a failing test cleans up too and parallel tests never
 //! meet.
 
+pub mod cluster;
 pub mod cni;
 pub mod netns;
 pub mod node;
