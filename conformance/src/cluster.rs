@@ -13,7 +13,7 @@ use std::{
     io::{Read, Write},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -245,6 +245,11 @@ impl ClusterNode {
         self.daemon.is_some()
     }
 
+    /// The daemon's process id, while it runs.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
     /// Runs `weir-node <args>` (an inspection command) against this node's
     /// state, inside its namespace; returns stdout.
     pub fn weir_node(&self, args: &[&str]) -> Result<String> {
@@ -426,6 +431,96 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+}
+
+/// What a cluster left running on purpose (the lab): enough to find it
+/// again and to tear it all down.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Persisted {
+    pub id: String,
+    pub dir: PathBuf,
+    /// Every namespace, pods first.
+    pub netns: Vec<String>,
+    pub pin_roots: Vec<PathBuf>,
+    pub daemon_pids: Vec<u32>,
+}
+
+impl Persisted {
+    /// Whether any of its daemons still runs.
+    pub fn alive(&self) -> bool {
+        self.daemon_pids
+            .iter()
+            .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    }
+
+    /// Kills the daemons and removes namespaces, pins and state.
+    pub fn teardown(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for pid in &self.daemon_pids {
+            let pid = nix::unistd::Pid::from_raw(*pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        // Give the killed daemons a moment to release what they hold.
+        for _ in 0..50 {
+            if !self.alive() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for ns in &self.netns {
+            let out = Command::new("ip").args(["netns", "del", ns]).output();
+            if let Ok(o) = out
+                && !o.status.success()
+                && Path::new("/run/netns").join(ns).exists()
+            {
+                problems.push(format!(
+                    "netns {ns}: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ));
+            }
+        }
+        for root in &self.pin_roots {
+            if let Err(e) = loader::unpin_all(&PinLayout::new(root)) {
+                problems.push(format!("pins {}: {e}", root.display()));
+            }
+        }
+        if let Err(e) = fs::remove_dir_all(&self.dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            problems.push(format!("{}: {e}", self.dir.display()));
+        }
+        problems
+    }
+}
+
+impl Cluster {
+    /// Leaves the cluster (and `pods`) running and returns what is needed to
+    /// tear it down later. Nothing is cleaned up on the way out.
+    pub fn persist(self, pods: Vec<Pod>) -> Persisted {
+        let mut netns: Vec<String> = pods.iter().map(|p| p.netns.name().to_owned()).collect();
+        netns.extend(self.nodes.iter().map(|n| n.netns.name().to_owned()));
+        netns.push(self.outside.name().to_owned());
+        netns.push(self.underlay.name().to_owned());
+        let persisted = Persisted {
+            id: self.id.clone(),
+            dir: self.dir.clone(),
+            netns,
+            pin_roots: self
+                .nodes
+                .iter()
+                .map(|n| n.layout.root().to_owned())
+                .collect(),
+            daemon_pids: self
+                .nodes
+                .iter()
+                .filter_map(ClusterNode::daemon_pid)
+                .collect(),
+        };
+        // Keep every namespace, daemon and pin: the lab owns them now.
+        std::mem::forget(pods);
+        std::mem::forget(self);
+        persisted
     }
 }
 

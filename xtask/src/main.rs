@@ -24,6 +24,14 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum LabCmd {
+    /// Remove everything the lab made.
+    Down,
+    /// Say whether a lab is up.
+    Status,
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Install missing Debian packages and bpf-linker; check bpffs.
     Setup,
@@ -35,8 +43,11 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Start the lab cluster (not there yet).
-    Lab,
+    /// Start the lab: a weir cluster in network namespaces (needs root).
+    Lab {
+        #[command(subcommand)]
+        action: Option<LabCmd>,
+    },
     /// Run the benchmarks (as root); the report goes to results/.
     Bench {
         /// A short run (under five minutes).
@@ -58,10 +69,15 @@ fn main() -> Result<()> {
             build()?;
             test(&args)
         }
-        Cmd::Lab => bail!(
-            "`cargo xtask lab` is not there yet: it arrives with the datapath and weir-node \
-             (issue 7). `cargo xtask build` builds everything meanwhile."
-        ),
+        Cmd::Lab { action } => match action {
+            None => {
+                setup::setup()?;
+                build()?;
+                lab(&["up"])
+            }
+            Some(LabCmd::Down) => lab(&["down"]),
+            Some(LabCmd::Status) => lab(&["status"]),
+        },
         Cmd::Bench { quick } => {
             setup::setup()?;
             bench(quick)
@@ -103,6 +119,20 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 fn build() -> Result<()> {
     println!("==> building weir (release, eBPF object included)");
     run(cargo().args(["build", "--release", "--workspace", "--bins"]))
+}
+
+fn lab(args: &[&str]) -> Result<()> {
+    if !setup::is_root() {
+        bail!("the lab needs root (network namespaces, bpffs, veths): run it as root");
+    }
+    let bin = target_dir().join("release/weir-lab");
+    if !bin.exists() {
+        bail!(
+            "{} is missing: run `cargo xtask lab` (it builds first)",
+            bin.display()
+        );
+    }
+    run(Command::new(bin).args(args))
 }
 
 fn bench(quick: bool) -> Result<()> {
