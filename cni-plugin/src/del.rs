@@ -28,14 +28,20 @@ pub fn run(env: &Env, conf: &NetConf) -> Result<()> {
     })
 }
 
-/// The IPAM state of the network, when a pool can be built for it. Without
-/// a config range and without node info there is no pool, and nothing can
-/// have been allocated through this config either.
+/// The IPAM state of the network, for lookups and releases by key. When no
+/// pool can be built (node.json is gone with weir-node, and the config names
+/// no ranges), the state is opened over a stand-in pool: get, release and gc
+/// go by key, and the pool only describes addresses it holds.
 pub fn ipam_for_cleanup(conf: &NetConf) -> Result<Option<Ipam>> {
+    if !common::ipam_dir(conf).exists() {
+        return Ok(None);
+    }
     let pool = match common::pool(conf, None) {
         Ok(p) => p,
-        Err(_) if !common::ipam_dir(conf).exists() => return Ok(None),
-        Err(e) => return Err(e),
+        Err(_) => {
+            let stand_in: ipnetwork::IpNetwork = "192.0.2.0/24".parse().expect("valid CIDR");
+            weir_ipam::Pool::from_cidrs(&[stand_in])?
+        }
     };
     common::open_ipam(conf, pool).map(Some)
 }

@@ -552,8 +552,11 @@ fn del_succeeds_when_the_pins_and_the_netns_are_gone() {
         .ok()
         .expect("ADD")
         .expect("result");
-    // weir-node uninstalled and the pod's namespace removed before DEL.
+    // weir-node uninstalled (pins and node.json gone) and the pod's
+    // namespace removed before DEL.
     weir_datapath::loader::unpin_all(&node.layout).expect("unpin");
+    let node_json = std::fs::read(node.node_info_path()).expect("node.json");
+    std::fs::remove_file(node.node_info_path()).expect("rm node.json");
     drop(pod);
     let mut del = inv.clone();
     del.command = "DEL".into();
@@ -563,6 +566,7 @@ fn del_succeeds_when_the_pins_and_the_netns_are_gone() {
         assert!(out.success, "{out:?}");
     }
     assert_eq!(node.leftovers().expect("leftovers"), Vec::<String>::new());
+    std::fs::write(node.node_info_path(), node_json).expect("restore node.json");
     // Without pins, ADD is "try again later" and leaves nothing.
     let pod = node.pod_netns("m2").expect("pod");
     let mut add = inv.clone();
