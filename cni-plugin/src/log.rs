@@ -112,3 +112,47 @@ pub fn write(path: &Path, level: LogLevel, line: &Line<'_>) {
         let _ = f.write_all(text.as_bytes());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(outcome: &str) -> Line<'_> {
+        Line {
+            ts: now(),
+            verb: "ADD",
+            container_id: Some("c"),
+            ifname: Some("eth0"),
+            network: Some("n"),
+            duration_us: 1,
+            outcome,
+            code: None,
+            msg: None,
+            steps: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn lines_are_json_levels_filter_and_the_file_rotates() {
+        let dir = std::env::temp_dir().join(format!("weir-log-test-{}", std::process::id()));
+        let path = dir.join("cni.log");
+        write(&path, LogLevel::Info, &line("ok"));
+        write(&path, LogLevel::Error, &line("ok"));
+        write(&path, LogLevel::Off, &line("error"));
+        write(&path, LogLevel::Error, &line("error"));
+        let text = fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[1]["outcome"], "error");
+
+        fs::write(&path, vec![b'x'; MAX_BYTES as usize + 1]).unwrap();
+        write(&path, LogLevel::Info, &line("ok"));
+        let rotated = dir.join("cni.log.1");
+        assert_eq!(fs::metadata(&rotated).unwrap().len(), MAX_BYTES + 1);
+        assert_eq!(fs::read_to_string(&path).unwrap().lines().count(), 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -77,28 +77,26 @@ fn main() -> ExitCode {
         .or_else(|| std::env::var_os("WEIR_LOG_FILE").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(config::defaults::LOG_FILE));
     let verb = facts.verb.map_or("?", Command::as_str);
-    if facts.verb != Some(Command::Version) {
-        log::write(
-            &log_file,
-            facts.log_level.unwrap_or(LogLevel::Info),
-            &log::Line {
-                ts: log::now(),
-                verb,
-                container_id: facts.container_id.as_deref(),
-                ifname: facts.ifname.as_deref(),
-                network: facts.network.as_deref(),
-                duration_us: started.elapsed().as_micros(),
-                outcome: if outcome.is_ok() { "ok" } else { "error" },
-                code,
-                msg: msg.as_deref(),
-                steps: if facts.log_level == Some(LogLevel::Debug) {
-                    log::take_steps()
-                } else {
-                    Vec::new()
-                },
+    log::write(
+        &log_file,
+        facts.log_level.unwrap_or(LogLevel::Info),
+        &log::Line {
+            ts: log::now(),
+            verb,
+            container_id: facts.container_id.as_deref(),
+            ifname: facts.ifname.as_deref(),
+            network: facts.network.as_deref(),
+            duration_us: started.elapsed().as_micros(),
+            outcome: if outcome.is_ok() { "ok" } else { "error" },
+            code,
+            msg: msg.as_deref(),
+            steps: if facts.log_level == Some(LogLevel::Debug) {
+                log::take_steps()
+            } else {
+                Vec::new()
             },
-        );
-    }
+        },
+    );
     if outcome.is_ok() {
         ExitCode::SUCCESS
     } else {
