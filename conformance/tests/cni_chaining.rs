@@ -2,7 +2,8 @@
 //! `bandwidth` and `tuning`, run as libcni runs a chain: ADD in order with each result
 //! passed on as prevResult, CHECK with the final result, DEL in reverse.
 //! The node is IPv4-only and CHECK skips portmap: Debian's portmap (1.1.1)
-//! fails CHECK whatever the first plugin is.
+//! fails CHECK whatever the first plugin is. And weir after Debian's
+//! `loopback`, keeping its prevResult.
 
 use std::path::PathBuf;
 
@@ -144,4 +145,65 @@ fn weir_then_portmap_bandwidth_and_tuning() {
     chain
         .del(&base, None, &runtime, Some(&node.netns))
         .expect("second DEL chain");
+}
+
+/// weir after another plugin: it keeps the prevResult and appends its own
+/// interfaces and addresses, with the interface indexes shifted.
+#[test]
+fn loopback_then_weir_keeps_the_previous_result() {
+    let node = TestNode::new(NodeOptions::default()).expect("node");
+    let pod = node.pod_netns("lo").expect("pod");
+    let netns = pod.path().to_string_lossy().into_owned();
+    let mut weir = node.config("1.0.0");
+    let obj = weir.as_object_mut().expect("object");
+    obj.remove("cniVersion");
+    obj.remove("name");
+    let bin = node.bin.clone();
+    let chain = Chain {
+        list: json!({
+            "cniVersion": "1.0.0",
+            "name": "weirnet",
+            "plugins": [{"type": "loopback"}, weir],
+        }),
+        resolve: Box::new(move |kind| {
+            if kind == "weir" {
+                bin.clone()
+            } else {
+                PathBuf::from(DEBIAN_PLUGIN_DIR).join(kind)
+            }
+        }),
+    };
+    let cid = node.container_id("lo");
+    let base = Invocation::new("ADD", &cid, &netns, "eth0", json!({}));
+    let runtime = json!({});
+    let result = chain
+        .add(&base, &runtime, Some(&node.netns))
+        .expect("ADD chain");
+    let ifs = result["interfaces"].as_array().expect("interfaces");
+    assert_eq!(ifs.len(), 3, "lo, the host end, eth0: {result}");
+    assert_eq!(ifs[0]["name"], "lo");
+    assert_eq!(ifs[2]["name"], "eth0");
+    let ips = result["ips"].as_array().expect("ips");
+    assert!(
+        ips.iter()
+            .any(|ip| ip["address"] == "127.0.0.1/8" && ip["interface"] == 0),
+        "the loopback's address stays: {result}"
+    );
+    let ours: Vec<_> = ips
+        .iter()
+        .filter(|ip| {
+            ip["address"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("10.77."))
+        })
+        .collect();
+    assert_eq!(ours.len(), 1, "{result}");
+    assert_eq!(ours[0]["interface"], 2, "shifted index: {result}");
+    chain
+        .check(&base, &result, &runtime, Some(&node.netns))
+        .unwrap_or_else(|e| panic!("CHECK chain: {e:#}"));
+    chain
+        .del(&base, Some(&result), &runtime, Some(&node.netns))
+        .expect("DEL chain");
+    assert_eq!(node.leftovers().expect("leftovers"), Vec::<String>::new());
 }
