@@ -2,6 +2,7 @@
 //! `cargo xtask bench [--quick]` (as root). Nothing here asserts a timing:
 //! it measures and reports medians, spread and ratios.
 
+mod cni;
 mod report;
 mod services;
 mod stats;
@@ -62,6 +63,18 @@ fn main() -> Result<()> {
         machine_facts(),
         if cli.quick { " --quick" } else { "" }
     );
+
+    let (pods, concurrency) = if cli.quick { (30, 10) } else { (100, 10) };
+    eprintln!(
+        "==> figure 1: CNI ADD/DEL, weir beside bridge + host-local ({pods} pods, sequential and at concurrency {concurrency})"
+    );
+    let cni_samples = cni::run(pods, concurrency)?;
+    let _ = writeln!(md, "## CNI ADD and DEL: weir beside bridge + host-local\n");
+    let _ = writeln!(
+        md,
+        "{pods} pods per plugin, interleaved pod by pod, then {concurrency} at a time; each a veth into a fresh namespace with one IPv4 address. Peak RSS is the largest of any single plugin process.\n"
+    );
+    md.push_str(&report::cni_markdown(&cni_samples));
 
     eprintln!("==> figure 2: service programming ({sizes:?} services x 8 backends, {reps} reps)");
     let samples = services::run(&sizes, reps, updates, &work)?;

@@ -159,3 +159,40 @@ pub fn services_chart(
     root.present().map_err(|e| anyhow!("{e}"))?;
     Ok(())
 }
+
+/// The CNI section of the report.
+pub fn cni_markdown(samples: &[crate::cni::Sample]) -> String {
+    let mut g: BTreeMap<(&'static str, usize, &'static str), (Vec<f64>, u64)> = BTreeMap::new();
+    for s in samples {
+        let e = g.entry((s.op, s.concurrency, s.plugin)).or_default();
+        e.0.push(s.seconds);
+        e.1 = e.1.max(s.max_rss_kib);
+    }
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "| op | concurrency | weir median | weir p99 | bridge median | bridge p99 | bridge / weir (median) | weir peak RSS | bridge peak RSS |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut keys: Vec<(&'static str, usize)> = g.keys().map(|(o, c, _)| (*o, *c)).collect();
+    keys.dedup();
+    for (op, conc) in keys {
+        let get = |p: &'static str| g.get(&(op, conc, p)).map(|(v, rss)| (summarize(v), *rss));
+        let (Some((w, wrss)), Some((b, brss))) = (get("weir"), get("bridge")) else {
+            continue;
+        };
+        let _ = writeln!(
+            md,
+            "| {op} | {conc} | {} | {} | {} | {} | {:.1}x | {:.1} MiB | {:.1} MiB |",
+            human(w.median),
+            human(w.p99),
+            human(b.median),
+            human(b.p99),
+            b.median / w.median,
+            wrss as f64 / 1024.0,
+            brss as f64 / 1024.0
+        );
+    }
+    md.push('\n');
+    md
+}

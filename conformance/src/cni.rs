@@ -17,24 +17,16 @@ use crate::netns::NetNs;
 pub const DEBIAN_PLUGIN_DIR: &str = "/usr/lib/cni";
 
 /// The `weir` binary under test: `$WEIR_BIN`, else the one cargo built next
-/// to this test executable (`target/<profile>/weir`).
+/// to the running executable (`target/<profile>/weir`, whether that is a
+/// test under `target/<profile>/deps` or a binary beside it).
 pub fn weir_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("WEIR_BIN") {
         return PathBuf::from(p);
     }
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test> -> target/<profile>/weir
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable under target/<profile>/deps");
-    let bin = profile_dir.join("weir");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (cargo build -p weir-cni, with the same profile) or set WEIR_BIN",
-        bin.display()
-    );
-    bin
+    match crate::cluster::sibling_bin("weir") {
+        Ok(bin) => bin,
+        Err(e) => panic!("{e}"),
+    }
 }
 
 /// One plugin invocation.
