@@ -16,8 +16,20 @@ pub fn run(conf: &NetConf) -> Result<()> {
     let pool = common::pool(conf, Some(&node))?;
     let status = common::open_ipam(conf, pool)?.status()?;
     if !status.can_allocate() {
+        let full: Vec<String> = status
+            .sets
+            .iter()
+            .filter(|s| s.allocated >= s.capacity)
+            .map(|s| {
+                format!(
+                    "{}: {} of {} allocated",
+                    s.description, s.allocated, s.capacity
+                )
+            })
+            .collect();
         return Err(not_available(format!(
-            "the address pool is exhausted: {status:?}"
+            "the address pool is exhausted ({})",
+            full.join("; ")
         )));
     }
     Ok(())

@@ -469,7 +469,11 @@ fn status_reports_ready_then_50_without_pins_or_node_info_or_addresses() {
     }
     let out = status(small.clone());
     assert_eq!(out.code(), Some(50), "{out:?}");
-    assert!(out.stdout.contains("exhausted"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("exhausted") && out.stdout.contains("2 of 2 allocated"),
+        "{}",
+        out.stdout
+    );
     let inv = Invocation::new(
         "ADD",
         &node.container_id("s9"),
