@@ -3,6 +3,7 @@
 //! it measures and reports medians, spread and ratios.
 
 mod cni;
+mod pods;
 mod report;
 mod services;
 mod stats;
@@ -75,6 +76,23 @@ fn main() -> Result<()> {
         "{pods} pods per plugin, interleaved pod by pod, then {concurrency} at a time; each a veth into a fresh namespace with one IPv4 address. Peak RSS is the largest of any single plugin process.\n"
     );
     md.push_str(&report::cni_markdown(&cni_samples));
+
+    let (reps4, secs4, rr4) = if cli.quick {
+        (2, 2, 2_000)
+    } else {
+        (3, 5, 10_000)
+    };
+    eprintln!("==> figure 4: pod-to-pod throughput and latency ({reps4} reps)");
+    let pod_samples = pods::run(reps4, secs4, rr4)?;
+    let _ = writeln!(
+        md,
+        "## Pod to pod: weir beside bridge and a bare veth (one node), and the bare underlay (two nodes)\n"
+    );
+    let _ = writeln!(
+        md,
+        "iperf3 for {secs4} s per repetition; {rr4} one-byte request/response round trips on one TCP connection.\n"
+    );
+    md.push_str(&report::pods_markdown(&pod_samples));
 
     eprintln!("==> figure 2: service programming ({sizes:?} services x 8 backends, {reps} reps)");
     let samples = services::run(&sizes, reps, updates, &work)?;

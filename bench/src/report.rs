@@ -196,3 +196,58 @@ pub fn cni_markdown(samples: &[crate::cni::Sample]) -> String {
     md.push('\n');
     md
 }
+
+/// The pod-to-pod section of the report.
+pub fn pods_markdown(samples: &[crate::pods::Sample]) -> String {
+    let mut g: BTreeMap<(&'static str, &'static str, &'static str), Vec<f64>> = BTreeMap::new();
+    for s in samples {
+        g.entry((s.path, s.system, s.metric))
+            .or_default()
+            .push(s.value);
+    }
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "| path | system | TCP throughput (median, min–max) | RR latency median | RR p99 |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|");
+    for path in ["same node", "across nodes"] {
+        for system in ["weir", "bridge", "bare veth", "bare underlay"] {
+            let (Some(tp), Some(rr)) = (
+                g.get(&(path, system, "throughput")),
+                g.get(&(path, system, "rr")),
+            ) else {
+                continue;
+            };
+            let t = summarize(tp);
+            let r = summarize(rr);
+            let _ = writeln!(
+                md,
+                "| {path} | {system} | {:.1} Gbit/s ({:.1}–{:.1}) | {} | {} |",
+                t.median / 1e9,
+                t.min / 1e9,
+                t.max / 1e9,
+                human(r.median),
+                human(r.p99)
+            );
+        }
+    }
+    let ratio = |path: &'static str, a: &'static str, b: &'static str, metric: &'static str| match (
+        g.get(&(path, a, metric)),
+        g.get(&(path, b, metric)),
+    ) {
+        (Some(x), Some(y)) => Some(summarize(x).median / summarize(y).median),
+        _ => None,
+    };
+    if let (Some(tp), Some(lat)) = (
+        ratio("same node", "weir", "bridge", "throughput"),
+        ratio("same node", "weir", "bridge", "rr"),
+    ) {
+        let _ = writeln!(
+            md,
+            "\nSame node, weir / bridge: throughput {tp:.2}x, RR latency {lat:.2}x (below 1 is faster)."
+        );
+    }
+    md.push('\n');
+    md
+}
