@@ -560,3 +560,103 @@ pub fn ping(from: &NetNs, to: IpAddr, count: u32, interval: &str) -> Result<u32>
         .unwrap_or(0);
     Ok(received)
 }
+
+/// A tiny server in a pod: each TCP connection on 8080 and each UDP datagram
+/// on 5353 is answered with "<name> <peer address>". It stops when dropped.
+pub struct WhoServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Pod {
+    /// Starts a [`WhoServer`] answering as `name`.
+    pub fn serve_who(&self, name: &str) -> Result<WhoServer> {
+        use std::sync::{Arc, atomic::AtomicBool};
+        let path = self.netns.path();
+        let name = name.to_owned();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let setup = (|| -> Result<(std::net::TcpListener, std::net::UdpSocket)> {
+                let f = fs::File::open(&path)?;
+                nix::sched::setns(
+                    std::os::fd::AsFd::as_fd(&f),
+                    nix::sched::CloneFlags::CLONE_NEWNET,
+                )?;
+                let tcp = std::net::TcpListener::bind("0.0.0.0:8080")?;
+                tcp.set_nonblocking(true)?;
+                let udp = std::net::UdpSocket::bind("0.0.0.0:5353")?;
+                udp.set_read_timeout(Some(Duration::from_millis(5)))?;
+                Ok((tcp, udp))
+            })();
+            let (tcp, udp) = match setup {
+                Ok(s) => {
+                    let _ = ready_tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let mut buf = [0u8; 512];
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((mut s, peer)) = tcp.accept() {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.write_all(format!("{name} {}\n", peer.ip()).as_bytes());
+                }
+                if let Ok((_, peer)) = udp.recv_from(&mut buf) {
+                    let _ = udp.send_to(format!("{name} {}\n", peer.ip()).as_bytes(), peer);
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .context("who server did not start")??;
+        Ok(WhoServer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for WhoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One TCP request from inside `from` to `to`: (the answer, the peer
+/// address the client's socket reports).
+pub fn tcp_who(from: &NetNs, to: SocketAddr) -> Result<(String, SocketAddr)> {
+    from.run_in(move || -> Result<(String, SocketAddr)> {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let peer = s.peer_addr()?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        Ok((answer.trim().to_owned(), peer))
+    })?
+}
+
+/// One UDP request on a connected socket (it accepts only datagrams from
+/// `to` itself), retried twice.
+pub fn udp_who(from: &NetNs, to: SocketAddr) -> Result<String> {
+    from.run_in(move || -> Result<String> {
+        let s = std::net::UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+        s.connect(to)?;
+        s.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let mut buf = [0u8; 256];
+        for _ in 0..3 {
+            s.send(b"who\n")?;
+            if let Ok(n) = s.recv(&mut buf) {
+                return Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned());
+            }
+        }
+        bail!("no UDP answer from {to}")
+    })?
+}

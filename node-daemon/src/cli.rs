@@ -116,6 +116,16 @@ pub enum BpfCmd {
         #[command(subcommand)]
         cmd: ListCmd,
     },
+    /// The SERVICES and BACKENDS maps: every frontend with its backends.
+    Services {
+        #[command(subcommand)]
+        cmd: ListCmd,
+    },
+    /// The CONNTRACK map: tracked service flows and their backends.
+    Ct {
+        #[command(subcommand)]
+        cmd: ListCmd,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -152,6 +162,12 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 BpfCmd::Counters {
                     cmd: ListCmd::List { output },
                 } => inspect::counters(&layout, &cli.paths.endpoints_dir, output),
+                BpfCmd::Services {
+                    cmd: ListCmd::List { output },
+                } => inspect::services(&layout, output),
+                BpfCmd::Ct {
+                    cmd: ListCmd::List { output },
+                } => inspect::conntrack(&layout, output),
             }?;
             print!("{text}");
             Ok(())

@@ -4,18 +4,20 @@
 //! place: pods keep forwarding while the daemon is away.
 
 use std::{
+    collections::BTreeMap,
     future::Future,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
 use anyhow::{Context, Result};
+use ipnetwork::IpNetwork;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tracing::{error, info, instrument, warn};
 use weir_common::ABI_VERSION;
-use weir_datapath::{PinLayout, bpffs, loader, node_info::NodeInfo, object};
+use weir_datapath::{PinLayout, attach, bpffs, loader, node_info::NodeInfo, object};
 
 use crate::{
     http::{self, HttpState},
@@ -24,7 +26,7 @@ use crate::{
     nodes::{NodeSet, desired_remotes},
     reconcile::Reconciler,
     routes::Routes,
-    source,
+    services, source,
 };
 
 /// Where the node set comes from.
@@ -141,17 +143,32 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     }
 
     let (tx, rx) = watch::channel::<Option<NodeSet>>(None);
+    let (svc_tx, svc_rx) = watch::channel::<Option<services::ServiceObjects>>(None);
     match &cfg.source {
         NodeSource::Dir { dir, poll } => {
-            info!(dir = %dir.display(), "node source: manifest directory");
+            info!(dir = %dir.display(), "node and service source: manifest directory");
             tasks.spawn(source::watch_dir(dir.clone(), *poll, tx, stats.clone()));
+            tasks.spawn(services::watch_dir(
+                dir.clone(),
+                *poll,
+                svc_tx,
+                stats.clone(),
+            ));
         }
         NodeSource::Kube { kubeconfig } => {
             let client = source::kube_client(kubeconfig.as_deref()).await?;
-            info!("node source: Kubernetes API");
-            tasks.spawn(source::watch_kube(client, tx, stats.clone()));
+            info!("node and service source: Kubernetes API");
+            tasks.spawn(source::watch_kube(client.clone(), tx, stats.clone()));
+            tasks.spawn(services::watch_kube(client, svc_tx, stats.clone()));
         }
     }
+    tasks.spawn(services::run(
+        cfg.layout.clone(),
+        cfg.node_name.clone(),
+        svc_rx,
+        rx.clone(),
+        stats.clone(),
+    ));
     {
         let cfg = cfg.clone();
         let stats = stats.clone();
@@ -263,7 +280,17 @@ async fn apply(
         }
         *last_problems = problems;
     }
-    if let Err(e) = reconciler.reconcile(&desired).await {
+    let hosts: BTreeMap<IpNetwork, IpAddr> = set
+        .values()
+        .filter(|n| n.name != cfg.node_name)
+        .flat_map(|n| n.internal_ips.iter().copied())
+        .filter_map(|ip| {
+            IpNetwork::new(ip, if ip.is_ipv4() { 32 } else { 128 })
+                .ok()
+                .map(|net| (net, ip))
+        })
+        .collect();
+    if let Err(e) = reconciler.reconcile(&desired, &hosts).await {
         warn!(error = %e, "reconcile failed; retrying at the next resync");
     }
 
@@ -289,4 +316,49 @@ async fn apply(
     }
     stats.node_info_written.store(true, Ordering::Release);
     stats.nodes_synced.store(true, Ordering::Release);
+    attach_nodeport(cfg, &me.internal_ips);
+}
+
+/// Attaches `from_netdev` (NodePort) to every interface that carries one of
+/// this node's addresses, once: an existing link (from an earlier run) was
+/// already moved to the current program by the loader.
+fn attach_nodeport(cfg: &RunConfig, node_ips: &[IpAddr]) {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        warn!("listing interfaces for NodePort");
+        return;
+    };
+    let mut devices: Vec<String> = addrs
+        .filter(|a| {
+            a.address
+                .as_ref()
+                .and_then(|s| {
+                    s.as_sockaddr_in()
+                        .map(|v4| IpAddr::V4(v4.ip()))
+                        .or_else(|| s.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+                })
+                .is_some_and(|ip| node_ips.contains(&ip))
+        })
+        .map(|a| a.interface_name)
+        .collect();
+    devices.sort();
+    devices.dedup();
+    for dev in devices {
+        if cfg
+            .layout
+            .link(&dev, weir_common::program_names::FROM_NETDEV)
+            .exists()
+            || cfg
+                .layout
+                .interface_links(&dev)
+                .join("clsact")
+                .join(weir_common::program_names::FROM_NETDEV)
+                .exists()
+        {
+            continue;
+        }
+        match attach::attach_netdev(&cfg.layout, &dev, attach::AttachMode::detect()) {
+            Ok(()) => info!(device = %dev, "NodePort program attached"),
+            Err(e) => warn!(device = %dev, error = %e, "attaching the NodePort program"),
+        }
+    }
 }

@@ -298,7 +298,14 @@ pub fn status(layout: &PinLayout, node_json: &Path) -> Status {
                 .and_then(|m| m.list())
                 .map_err(|e| errors.push(e.to_string()))
                 .ok()
-                .map(|l| l.len())
+                // Host entries (other nodes' own addresses) are not pod CIDRs.
+                .map(|l| {
+                    l.iter()
+                        .filter(|(net, len, _)| {
+                            u32::from(*len) < if net.is_ipv4() { 32 } else { 128 }
+                        })
+                        .count()
+                })
         })
         .flatten();
     let node_info = match NodeInfo::read(node_json) {
@@ -428,4 +435,132 @@ mod tests {
         assert_eq!(mac([0x02, 0, 0xab, 0, 0, 1]), "02:00:ab:00:00:01");
         assert_eq!(hex(&[0xde, 0xad, 1]), "dead01");
     }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceRow {
+    pub frontend: String,
+    pub proto: &'static str,
+    pub scope: &'static str,
+    pub id: u32,
+    pub affinity_timeout_s: Option<u32>,
+    pub backends: Vec<String>,
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match p {
+        6 => "TCP",
+        17 => "UDP",
+        _ => "?",
+    }
+}
+
+fn socket(ip: IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(ip, port).to_string()
+}
+
+pub fn services(layout: &PinLayout, output: Output) -> Result<String> {
+    use weir_datapath::services::{Scope, ServiceMaps};
+    let rows: Vec<ServiceRow> = ServiceMaps::open(layout)?
+        .list()?
+        .into_iter()
+        .map(|(f, svc, backends)| ServiceRow {
+            frontend: socket(f.ip, f.port),
+            proto: proto_name(f.proto),
+            scope: match f.scope {
+                Scope::ClusterIp => "ClusterIP",
+                Scope::NodePort => "NodePort",
+            },
+            id: svc.id,
+            affinity_timeout_s: (svc.flags & weir_common::SERVICE_F_AFFINITY != 0)
+                .then_some(svc.affinity_timeout_s),
+            backends: backends.iter().map(|b| socket(b.ip, b.port)).collect(),
+        })
+        .collect();
+    Ok(match output {
+        Output::Json => serde_json::to_string_pretty(&rows)? + "\n",
+        Output::Table => table(
+            &["FRONTEND", "PROTO", "SCOPE", "ID", "AFFINITY", "BACKENDS"],
+            &rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.frontend.clone(),
+                        r.proto.to_string(),
+                        r.scope.to_string(),
+                        r.id.to_string(),
+                        r.affinity_timeout_s
+                            .map(|t| format!("{t}s"))
+                            .unwrap_or_default(),
+                        r.backends.join(" "),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ),
+    })
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CtRow {
+    pub client: String,
+    pub frontend: String,
+    pub proto: &'static str,
+    pub backend: String,
+    pub service_id: u32,
+    pub closing: bool,
+    /// Seconds since the flow's last packet.
+    pub idle_s: f64,
+}
+
+pub fn conntrack(layout: &PinLayout, output: Output) -> Result<String> {
+    use weir_common::IpKey;
+    use weir_datapath::services::{BackendAddr, ServiceMaps, monotonic_now_ns};
+    let now = monotonic_now_ns();
+    let mut rows: Vec<CtRow> = ServiceMaps::open(layout)?
+        .conntrack()?
+        .into_iter()
+        .map(|(k, v)| {
+            let b = BackendAddr::from_map(&v.backend);
+            CtRow {
+                client: socket(
+                    IpAddr::from(IpKey { addr: k.src }),
+                    u16::from_be(k.sport_be),
+                ),
+                frontend: socket(
+                    IpAddr::from(IpKey { addr: k.dst }),
+                    u16::from_be(k.dport_be),
+                ),
+                proto: proto_name(k.proto),
+                backend: socket(b.ip, b.port),
+                service_id: v.service_id,
+                closing: v.flags & weir_common::CT_F_CLOSING != 0,
+                idle_s: now.saturating_sub(v.last_seen_ns) as f64 / 1e9,
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.frontend, &a.client).cmp(&(&b.frontend, &b.client)));
+    Ok(match output {
+        Output::Json => serde_json::to_string_pretty(&rows)? + "\n",
+        Output::Table => table(
+            &[
+                "CLIENT", "FRONTEND", "PROTO", "BACKEND", "SVC", "STATE", "IDLE",
+            ],
+            &rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.client.clone(),
+                        r.frontend.clone(),
+                        r.proto.to_string(),
+                        r.backend.clone(),
+                        r.service_id.to_string(),
+                        if r.closing { "closing" } else { "open" }.to_string(),
+                        format!("{:.1}s", r.idle_s),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ),
+    })
 }

@@ -5,6 +5,8 @@
 //! - `nodes`, `source`: Node objects (API watch or manifest directory) into
 //!   the node set.
 //! - `reconcile`, `routes`: the `NODES` map and node routes from the node set.
+//! - `services`: Services and EndpointSlices (API watch or manifest
+//!   directory) into the service maps; conntrack sweeping.
 //! - `hygiene`: stale endpoint state removed.
 //! - `masquerade`: the one nftables rule.
 //! - `metrics`, `http`: `/metrics`, `/healthz`, `/readyz`.
@@ -20,4 +22,5 @@ mod metrics;
 mod nodes;
 mod reconcile;
 mod routes;
+mod services;
 mod source;

@@ -28,6 +28,15 @@ pub struct Stats {
     pub datapath_loaded: AtomicBool,
     pub node_info_written: AtomicBool,
     pub nodes_synced: AtomicBool,
+    pub service_syncs: AtomicU64,
+    pub service_sync_errors: AtomicU64,
+    /// Frontends in the last desired state.
+    pub service_frontends: AtomicU64,
+    /// Microseconds from the last service event to its maps being written.
+    pub last_service_sync_us: AtomicU64,
+    pub service_sync_us_total: AtomicU64,
+    pub udp_flows_purged: AtomicU64,
+    pub ct_expired: AtomicU64,
 }
 
 impl Stats {
@@ -36,6 +45,21 @@ impl Stats {
         if !ok {
             self.reconcile_errors.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    pub fn record_service_sync(&self, ok: bool, frontends: usize, micros: u64, purged: usize) {
+        self.service_syncs.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.service_sync_errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.service_frontends
+            .store(frontends as u64, Ordering::Relaxed);
+        self.last_service_sync_us.store(micros, Ordering::Relaxed);
+        self.service_sync_us_total
+            .fetch_add(micros, Ordering::Relaxed);
+        self.udp_flows_purged
+            .fetch_add(purged as u64, Ordering::Relaxed);
     }
 
     pub fn set_remote_cidrs(&self, n: usize) {
@@ -90,6 +114,14 @@ impl Snapshot {
                 .maps
                 .push((map_names::ENDPOINTS, l.len() as u64, capacity::ENDPOINTS)),
             Err(e) => snap.map_errors.push((map_names::ENDPOINTS, e.to_string())),
+        }
+        match weir_datapath::services::ServiceMaps::open(layout) {
+            Ok(maps) => {
+                for (name, n, cap) in maps.occupancy() {
+                    snap.maps.push((name, n as u64, cap));
+                }
+            }
+            Err(e) => snap.map_errors.push((map_names::SERVICES, e.to_string())),
         }
         match NodeMap::open(layout).and_then(|m| m.list()) {
             Ok(l) => snap
@@ -275,6 +307,52 @@ pub fn render(snap: &Snapshot, stats: &Stats) -> String {
         "Remote pod CIDRs in the desired node state.",
     );
     let _ = writeln!(out, "weir_remote_pod_cidrs {}", load(&stats.remote_cidrs));
+    for (name, kind, help, value) in [
+        (
+            "weir_service_frontends",
+            "gauge",
+            "Service frontends (ClusterIP and NodePort, per port) in the desired state.",
+            load(&stats.service_frontends),
+        ),
+        (
+            "weir_service_syncs_total",
+            "counter",
+            "Service syncs into the maps.",
+            load(&stats.service_syncs),
+        ),
+        (
+            "weir_service_sync_errors_total",
+            "counter",
+            "Service syncs that failed (retried at the next change).",
+            load(&stats.service_sync_errors),
+        ),
+        (
+            "weir_service_sync_last_seconds",
+            "gauge",
+            "Time from the last service event to its map writes being done.",
+            0,
+        ),
+        (
+            "weir_udp_flows_purged_total",
+            "counter",
+            "UDP flows forgotten because their backend went away.",
+            load(&stats.udp_flows_purged),
+        ),
+        (
+            "weir_conntrack_expired_total",
+            "counter",
+            "Conntrack entries removed by the sweeper after their timeout.",
+            load(&stats.ct_expired),
+        ),
+    ] {
+        header(&mut out, name, kind, help);
+        if name == "weir_service_sync_last_seconds" {
+            let secs = load(&stats.last_service_sync_us) as f64 / 1e6;
+            let _ = writeln!(out, "{name} {secs}");
+        } else {
+            let _ = writeln!(out, "{name} {value}");
+        }
+    }
     header(
         &mut out,
         "weir_ready",

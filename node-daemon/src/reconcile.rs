@@ -79,14 +79,20 @@ impl Reconciler {
 
     /// One pass over the map and the routes. Both are attempted even when
     /// the other fails; the first error is returned (and every error counted).
+    /// `hosts`: the other nodes' own addresses (as host prefixes), entered in
+    /// the NODES map only, so that traffic from pods to another node is
+    /// forwarded, never masqueraded; they need no route.
     #[instrument(skip_all, fields(remotes = desired.len()))]
     pub async fn reconcile(
         &self,
         desired: &BTreeMap<IpNetwork, IpAddr>,
+        hosts: &BTreeMap<IpNetwork, IpAddr>,
     ) -> Result<Summary, ReconcileError> {
         let mut summary = Summary::default();
         let mut first_error = None;
-        match self.reconcile_map(desired) {
+        let mut in_map = hosts.clone();
+        in_map.extend(desired.iter().map(|(k, v)| (*k, *v)));
+        match self.reconcile_map(&in_map) {
             Ok((up, rm)) => (summary.map_upserts, summary.map_removals) = (up, rm),
             Err(e) => {
                 warn!(error = %e, "reconciling the NODES map");

@@ -42,6 +42,12 @@ fn yaml_nodes_become_map_entries_and_routes_and_follow_the_directory() {
     daemon.until(30, "node routes", || {
         (node.ns.weir_routes() == want).then_some(())
     });
+    // The other nodes' own addresses are in the map too (no route), so that
+    // pod traffic to them is forwarded, not masqueraded.
+    let hosts = pairs(&[("192.0.2.2/32", "192.0.2.2"), ("192.0.2.3/32", "192.0.2.3")]);
+    daemon.until(30, "node host entries", || {
+        (node.node_host_entries().as_ref() == Some(&hosts)).then_some(())
+    });
 
     // node.json: this node's CIDR and address, the uplink's MTU.
     let info = NodeInfo::read(&node.node_json()).expect("node.json written");
@@ -69,8 +75,8 @@ fn yaml_nodes_become_map_entries_and_routes_and_follow_the_directory() {
     assert_eq!(status, 200);
     assert_eq!(
         metric(&body, "weir_map_entries{map=\"NODES\"}").as_deref(),
-        Some("2"),
-        "{body}"
+        Some("4"),
+        "two remote pod CIDRs and two node addresses: {body}"
     );
     assert_eq!(
         metric(&body, "weir_map_capacity{map=\"NODES\"}"),

@@ -287,6 +287,19 @@ impl ServiceMaps {
         Ok(out)
     }
 
+    /// Entries in each service map, by map name (keys counted, values not
+    /// read: cheap enough for every metrics scrape).
+    pub fn occupancy(&self) -> [(&'static str, usize, u32); 5] {
+        use weir_common::capacity;
+        [
+            (map_names::SERVICES, self.services.keys().count(), capacity::SERVICES),
+            (map_names::BACKENDS, self.backends.keys().count(), capacity::BACKENDS),
+            (map_names::CONNTRACK, self.conntrack.keys().count(), capacity::CONNTRACK),
+            (map_names::REVNAT, self.revnat.keys().count(), capacity::REVNAT),
+            (map_names::AFFINITY, self.affinity.keys().count(), capacity::AFFINITY),
+        ]
+    }
+
     /// Conntrack entries (client flow to the frontend → backend).
     pub fn conntrack(&self) -> Result<Vec<(FlowKey, CtEntry)>> {
         self.conntrack

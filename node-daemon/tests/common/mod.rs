@@ -205,9 +205,28 @@ impl Node {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// The NODES map as `weir-node bpf nodes list -o json` shows it; `None`
-    /// while the pins are not there.
+    /// The pod CIDR entries of the NODES map as `weir-node bpf nodes list -o
+    /// json` shows them (host entries for the nodes' own addresses are left
+    /// out: see [`TestNode::node_host_entries`]); `None` while the pins are
+    /// not there.
     pub fn nodes_map(&self) -> Option<Vec<(String, String)>> {
+        self.nodes_map_all().map(|all| {
+            all.into_iter()
+                .filter(|(cidr, _)| !cidr.ends_with("/32") && !cidr.ends_with("/128"))
+                .collect()
+        })
+    }
+
+    /// The host entries of the NODES map: other nodes' own addresses.
+    pub fn node_host_entries(&self) -> Option<Vec<(String, String)>> {
+        self.nodes_map_all().map(|all| {
+            all.into_iter()
+                .filter(|(cidr, _)| cidr.ends_with("/32") || cidr.ends_with("/128"))
+                .collect()
+        })
+    }
+
+    fn nodes_map_all(&self) -> Option<Vec<(String, String)>> {
         let out = self
             .weir(&["bpf", "nodes", "list", "-o", "json"])
             .output()
