@@ -166,6 +166,82 @@ fn up(state: &Path, nodes: usize, pods_per_node: usize) -> Result<ExitCode> {
         );
     }
 
+    // Services: a ClusterIP and a NodePort over one pod per node, from the
+    // manifest directory weir-node reads.
+    let backends: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| p.container_id.ends_with('1'))
+        .collect();
+    let mut servers = Vec::new();
+    for b in &backends {
+        let child = b
+            .netns
+            .command("socat")?
+            .arg("TCP-LISTEN:8080,fork,reuseaddr")
+            .arg(format!("SYSTEM:echo {}", pod_name(b)))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("start socat (cargo xtask setup installs it)")?;
+        servers.push(child.id());
+    }
+    let mut yaml = String::from(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: hello, namespace: lab}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.10\n  ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP, nodePort: 30080}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: hello-a, namespace: lab, labels: {kubernetes.io/service-name: hello}}\naddressType: IPv4\nports: [{name: http, port: 8080, protocol: TCP}]\nendpoints:\n",
+    );
+    for b in &backends {
+        yaml.push_str(&format!(
+            "- {{addresses: [{}], conditions: {{ready: true}}, nodeName: node-{}}}\n",
+            b.ip, b.node
+        ));
+    }
+    fs::write(cluster.nodes_dir.join("hello-service.yaml"), yaml)?;
+    let vip: std::net::SocketAddr = "10.96.0.10:80".parse()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for node in &cluster.nodes {
+        while !node
+            .weir_node(&["bpf", "services", "list"])
+            .is_ok_and(|t| t.contains("10.96.0.10:80") && t.contains(&format!("{}:30080", node.ip)))
+        {
+            if std::time::Instant::now() > deadline {
+                failures += 1;
+                println!("  {} did not program the service in time", node.name);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+    let tally = |from: &NetNs, to: std::net::SocketAddr, n: usize| -> BTreeMap<String, usize> {
+        let mut hits = BTreeMap::new();
+        for _ in 0..n {
+            let who = weir_conformance::cluster::tcp_who(from, to)
+                .map(|(a, _)| a)
+                .unwrap_or_else(|_| "FAIL".into());
+            *hits.entry(who).or_insert(0) += 1;
+        }
+        hits
+    };
+    println!(
+        "\n==> ClusterIP 10.96.0.10:80 from {} (30 connections), hits per backend\n",
+        pod_name(&pods[0])
+    );
+    for (who, n) in tally(&pods[0].netns, vip, 30) {
+        if who == "FAIL" {
+            failures += n;
+        }
+        println!("  {who:10} {n}");
+    }
+    for node in &cluster.nodes {
+        let to = std::net::SocketAddr::new(IpAddr::V4(node.ip), 30080);
+        println!("\n==> NodePort {to} from the outside host (20 connections), hits per backend\n");
+        for (who, n) in tally(&cluster.outside, to, 20) {
+            if who == "FAIL" {
+                failures += n;
+            }
+            println!("  {who:10} {n}");
+        }
+    }
+
     println!("\n==> counters from each node's /metrics (packets)\n");
     println!("  {:8} {:>10} {:>10}", "pod", "from pod", "to pod");
     for node in &cluster.nodes {
@@ -211,7 +287,8 @@ fn up(state: &Path, nodes: usize, pods_per_node: usize) -> Result<ExitCode> {
         node0.node_info_path().display(),
         node0.endpoints_dir().display()
     );
-    let persisted = cluster.persist(pods);
+    let mut persisted = cluster.persist(pods);
+    persisted.daemon_pids.extend(servers);
     if let Some(dir) = state.parent() {
         fs::create_dir_all(dir)?;
     }
@@ -222,6 +299,8 @@ fn up(state: &Path, nodes: usize, pods_per_node: usize) -> Result<ExitCode> {
     println!("  the maps of node-0:      {inspect} bpf endpoints list");
     println!("                           {inspect} bpf nodes list");
     println!("                           {inspect} bpf counters list");
+    println!("                           {inspect} bpf services list");
+    println!("                           {inspect} bpf ct list");
     println!("                           {inspect} status");
     println!(
         "  weir-node logs:          {}/node-*/weir-node.log",
