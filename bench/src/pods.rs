@@ -50,7 +50,11 @@ fn iperf(pair: &Pair<'_>, seconds: u32) -> Result<f64> {
     // Wait for the listener (without connecting: -1 serves one client).
     let mut up = false;
     for _ in 0..200 {
-        let ss = pair.server.command("ss")?.args(["-ltnH", "sport = :5201"]).output()?;
+        let ss = pair
+            .server
+            .command("ss")?
+            .args(["-ltnH", "sport = :5201"])
+            .output()?;
         if !String::from_utf8_lossy(&ss.stdout).trim().is_empty() {
             up = true;
             break;

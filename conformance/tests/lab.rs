@@ -48,8 +48,14 @@ fn the_lab_comes_up_connected_says_so_twice_and_goes_away() {
     assert!(out.contains("pod-to-pod connectivity"), "{out}");
     assert!(!out.contains("FAIL"), "every pair answers:\n{out}");
     assert!(out.contains("0 problem(s)"), "{out}");
-    assert!(out.contains("ClusterIP 10.96.0.10:80"), "the lab has a service:\n{out}");
-    assert!(out.contains("NodePort 192.168.100.1:30080"), "and a NodePort:\n{out}");
+    assert!(
+        out.contains("ClusterIP 10.96.0.10:80"),
+        "the lab has a service:\n{out}"
+    );
+    assert!(
+        out.contains("NodePort 192.168.100.1:30080"),
+        "and a NodePort:\n{out}"
+    );
     assert!(
         out.contains("cargo xtask lab down"),
         "tells how to tear it down:\n{out}"

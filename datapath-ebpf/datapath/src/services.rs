@@ -292,11 +292,31 @@ impl ServiceMaps {
     pub fn occupancy(&self) -> [(&'static str, usize, u32); 5] {
         use weir_common::capacity;
         [
-            (map_names::SERVICES, self.services.keys().count(), capacity::SERVICES),
-            (map_names::BACKENDS, self.backends.keys().count(), capacity::BACKENDS),
-            (map_names::CONNTRACK, self.conntrack.keys().count(), capacity::CONNTRACK),
-            (map_names::REVNAT, self.revnat.keys().count(), capacity::REVNAT),
-            (map_names::AFFINITY, self.affinity.keys().count(), capacity::AFFINITY),
+            (
+                map_names::SERVICES,
+                self.services.keys().count(),
+                capacity::SERVICES,
+            ),
+            (
+                map_names::BACKENDS,
+                self.backends.keys().count(),
+                capacity::BACKENDS,
+            ),
+            (
+                map_names::CONNTRACK,
+                self.conntrack.keys().count(),
+                capacity::CONNTRACK,
+            ),
+            (
+                map_names::REVNAT,
+                self.revnat.keys().count(),
+                capacity::REVNAT,
+            ),
+            (
+                map_names::AFFINITY,
+                self.affinity.keys().count(),
+                capacity::AFFINITY,
+            ),
         ]
     }
 
