@@ -251,3 +251,69 @@ pub fn pods_markdown(samples: &[crate::pods::Sample]) -> String {
     md.push('\n');
     md
 }
+
+/// The connection latency section of the report, and its chart.
+pub fn latency_markdown(samples: &[crate::latency::Sample]) -> String {
+    let mut g: BTreeMap<(usize, &'static str), Vec<f64>> = BTreeMap::new();
+    for s in samples {
+        g.entry((s.services, s.system)).or_default().push(s.seconds);
+    }
+    let mut ns: Vec<usize> = samples.iter().map(|s| s.services).collect();
+    ns.sort();
+    ns.dedup();
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "| N services | weir median | weir p99 | iptables median | iptables p99 | iptables / weir (median) |"
+    );
+    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|");
+    for &n in &ns {
+        let (Some(w), Some(i)) = (g.get(&(n, "weir")), g.get(&(n, "iptables"))) else {
+            continue;
+        };
+        let (w, i) = (summarize(w), summarize(i));
+        let _ = writeln!(
+            md,
+            "| {n} | {} | {} | {} | {} | {:.2}x |",
+            human(w.median),
+            human(w.p99),
+            human(i.median),
+            human(i.p99),
+            i.median / w.median
+        );
+    }
+    if let (Some(first), Some(last)) = (ns.first(), ns.last())
+        && let (Some(a), Some(b)) = (g.get(&(*first, "weir")), g.get(&(*last, "weir")))
+    {
+        let _ = writeln!(
+            md,
+            "\nweir at N={last} against N={first}: {:+.1}% (median).",
+            (summarize(b).median / summarize(a).median - 1.0) * 100.0
+        );
+    }
+    md.push('\n');
+    md
+}
+
+/// Median connection latency against N, one line per system.
+pub fn latency_chart(samples: &[crate::latency::Sample], path: &Path) -> Result<()> {
+    let as_services: Vec<Sample> = samples
+        .iter()
+        .map(|s| Sample {
+            system: if s.system == "weir" {
+                "weir"
+            } else {
+                "iptables-nft"
+            },
+            services: s.services,
+            op: "latency",
+            seconds: s.seconds,
+        })
+        .collect();
+    services_chart(
+        &as_services,
+        "latency",
+        "Connection latency to the last of N services",
+        path,
+    )
+}
