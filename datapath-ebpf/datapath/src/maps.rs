@@ -7,7 +7,7 @@ use weir_common::{DropKey, DropReason, Endpoint, IpKey, Meta, RemoteNode, Traffi
 
 use crate::{Error, PinLayout, Result};
 
-fn open(layout: &PinLayout, name: &'static str) -> Result<Map> {
+pub(crate) fn open(layout: &PinLayout, name: &'static str) -> Result<Map> {
     let path = layout.map(name);
     if !path.exists() {
         return Err(Error::NotLoaded {
@@ -23,14 +23,14 @@ fn open(layout: &PinLayout, name: &'static str) -> Result<Map> {
     Map::from_map_data(data).map_err(err)
 }
 
-fn map_err(name: &'static str) -> impl Fn(MapError) -> Error {
+pub(crate) fn map_err(name: &'static str) -> impl Fn(MapError) -> Error {
     move |e| Error::Map {
         name,
         source: Box::new(e),
     }
 }
 
-fn is_not_found(e: &MapError) -> bool {
+pub(crate) fn is_not_found(e: &MapError) -> bool {
     matches!(e, MapError::KeyNotFound | MapError::ElementNotFound)
         || matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
 }

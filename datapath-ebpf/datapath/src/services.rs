@@ -6,49 +6,27 @@
 
 use std::net::IpAddr;
 
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{HashMap, Map, MapData};
 use weir_common::{
     AffinityEntry, AffinityKey, Backend, BackendKey, CT_F_CLOSING, CtEntry, FlowKey, IpKey,
     RevNatEntry, Service, ServiceKey, map_names,
 };
 
-use crate::{Error, PinLayout, Result};
+use crate::{
+    PinLayout, Result,
+    maps::{is_not_found, map_err},
+};
 
+/// A hash map (plain or LRU: the typed wrapper is the same) from its pin.
 fn open<K: aya::Pod, V: aya::Pod>(
     layout: &PinLayout,
     name: &'static str,
 ) -> Result<HashMap<MapData, K, V>> {
-    let path = layout.map(name);
-    if !path.exists() {
-        return Err(Error::NotLoaded {
-            root: layout.root().to_owned(),
-        });
-    }
-    let err = |e| Error::OpenMap {
-        name,
-        path: path.clone(),
-        source: Box::new(e),
-    };
-    let data = MapData::from_pin(&path).map_err(err)?;
-    // LRU hash maps come back as their own variant; the typed wrapper is the
-    // same for both.
-    let map = match Map::from_map_data(data).map_err(err)? {
+    let map = match crate::maps::open(layout, name)? {
         Map::LruHashMap(d) => Map::HashMap(d),
         other => other,
     };
-    HashMap::try_from(map).map_err(err)
-}
-
-fn map_err(name: &'static str) -> impl Fn(MapError) -> Error {
-    move |e| Error::Map {
-        name,
-        source: Box::new(e),
-    }
-}
-
-fn is_not_found(e: &MapError) -> bool {
-    matches!(e, MapError::KeyNotFound | MapError::ElementNotFound)
-        || matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
+    HashMap::try_from(map).map_err(map_err(name))
 }
 
 /// Which traffic a frontend applies to.
